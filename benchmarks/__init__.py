@@ -1,0 +1,1 @@
+"""Benchmark harness and suites (a leaf: reads bundles by their manifest only)."""

@@ -1,0 +1,1 @@
+"""Runnable side-by-side comparisons; results land in benchmarks/results/."""

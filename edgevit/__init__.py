@@ -1,0 +1,3 @@
+"""edgevit: shrink vision transformers and ship them to phones and boards."""
+
+__version__ = "0.1.0"

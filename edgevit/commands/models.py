@@ -1,0 +1,50 @@
+"""`edgevit models`: the registry as a table, with parameter counts from meta-device builds (no memory)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgevit.models import families
+from edgevit.models.spec import count_parameters
+
+
+def rows() -> list[dict]:
+    out = []
+    for fam in families().values():
+        for variant, cfg in fam.variants.items():
+            try:
+                with torch.device("meta"):  # counts parameters without allocating or initialising them
+                    model = fam.build(cfg, variant)
+            except (NotImplementedError, RuntimeError):  # a builder that reads tensor values needs real ones
+                model = fam.build(cfg, variant)
+            out.append(
+                {
+                    "model": fam.name,
+                    "variant": variant,
+                    "name": f"{fam.name}_{variant}",
+                    "default": variant == fam.default_variant,
+                    "input_size": list(model.spec.input_size),
+                    "parameters": count_parameters(model),
+                    "task": model.spec.task,
+                }
+            )
+    return out
+
+
+def list_models(as_json: bool) -> None:
+    data = rows()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title="edgevit models")
+    for col in ("model", "variant", "input", "parameters", "task"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for r in data:
+        variant = r["variant"] + (" (default)" if r["default"] else "")
+        h, w = r["input_size"]
+        table.add_row(r["model"], variant, f"{h}x{w}", f"{r['parameters'] / 1e6:.2f} M", r["task"])
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""Quantization passes over torch modules (a leaf: never imports edgevit)."""

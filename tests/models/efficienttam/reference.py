@@ -1,0 +1,154 @@
+"""Build the official EfficientTAM (PyPI `efficient-track-anything==1.0`, imported as `sam2`) in Python.
+
+The package ships no YAML configs, so the official configs' hyper-parameters are written here as a dict and
+instantiated with hydra, exactly as `build_sam2_video_predictor` would after composing the YAML.
+Test-only: the reference never enters the package.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+sam2 = pytest.importorskip("sam2", reason="reference EfficientTAM not installed (pip install --no-deps efficient-track-anything==1.0)")
+
+# efficienttam_{ti,s}[_512x512].yaml differ only in these three numbers.
+TRUNK = {"ti": (192, 3), "s": (384, 6)}
+
+
+def official_config(size: str = "ti", image_size: int = 512) -> dict:
+    embed_dim, num_heads = TRUNK[size]
+    rope = {
+        "_target_": "sam2.modeling.sam.transformer.RoPEAttention",
+        "rope_theta": 10000.0,
+        "feat_sizes": [32, 32],
+        "embedding_dim": 256,
+        "num_heads": 1,
+        "downsample_rate": 1,
+        "dropout": 0.1,
+    }
+    return {
+        "_target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
+        "image_encoder": {
+            "_target_": "sam2.modeling.backbones.image_encoder.ImageEncoder",
+            "scalp": 0,
+            "trunk": {
+                "_target_": "sam2.modeling.backbones.vitdet.ViT",
+                "patch_size": 16,
+                "embed_dim": embed_dim,
+                "depth": 12,
+                "num_heads": num_heads,
+                "mlp_ratio": 4.0,
+                "qkv_bias": True,
+                "drop_path_rate": 0.0,
+                "use_rel_pos": False,
+                "window_size": 14,
+                "window_block_indexes": [0, 1, 3, 4, 6, 7, 9, 10],
+            },
+            "neck": {
+                "_target_": "sam2.modeling.backbones.image_encoder.ViTDetNeck",
+                "position_encoding": {
+                    "_target_": "sam2.modeling.position_encoding.PositionEmbeddingSine",
+                    "num_pos_feats": 256,
+                    "normalize": True,
+                    "scale": None,
+                    "temperature": 10000,
+                },
+                "d_model": 256,
+                "backbone_channel_list": [embed_dim],
+                "neck_norm": "LN",
+            },
+        },
+        "memory_attention": {
+            "_target_": "sam2.modeling.memory_attention.MemoryAttention",
+            "d_model": 256,
+            "pos_enc_at_input": True,
+            "layer": {
+                "_target_": "sam2.modeling.memory_attention.MemoryAttentionLayer",
+                "activation": "relu",
+                "dim_feedforward": 2048,
+                "dropout": 0.1,
+                "pos_enc_at_attn": False,
+                "self_attention": dict(rope),
+                "d_model": 256,
+                "pos_enc_at_cross_attn_keys": True,
+                "pos_enc_at_cross_attn_queries": False,
+                "cross_attention": dict(rope, rope_k_repeat=True, kv_in_dim=64),
+            },
+            "num_layers": 4,
+        },
+        "memory_encoder": {
+            "_target_": "sam2.modeling.memory_encoder.MemoryEncoder",
+            "out_dim": 64,
+            "position_encoding": {
+                "_target_": "sam2.modeling.position_encoding.PositionEmbeddingSine",
+                "num_pos_feats": 64,
+                "normalize": True,
+                "scale": None,
+                "temperature": 10000,
+            },
+            "mask_downsampler": {
+                "_target_": "sam2.modeling.memory_encoder.MaskDownSampler",
+                "kernel_size": 3,
+                "stride": 2,
+                "padding": 1,
+            },
+            "fuser": {
+                "_target_": "sam2.modeling.memory_encoder.Fuser",
+                "layer": {
+                    "_target_": "sam2.modeling.memory_encoder.CXBlock",
+                    "dim": 256,
+                    "kernel_size": 7,
+                    "padding": 3,
+                    "layer_scale_init_value": 1e-6,
+                    "use_dwconv": True,
+                },
+                "num_layers": 2,
+            },
+        },
+        "num_maskmem": 7,
+        "image_size": image_size,
+        "sigmoid_scale_for_mem_enc": 20.0,
+        "sigmoid_bias_for_mem_enc": -10.0,
+        "use_mask_input_as_output_without_sam": True,
+        "directly_add_no_mem_embed": True,
+        "use_high_res_features_in_sam": False,
+        "multimask_output_in_sam": True,
+        "iou_prediction_use_sigmoid": True,
+        "use_obj_ptrs_in_encoder": True,
+        "add_tpos_enc_to_obj_ptrs": False,
+        "only_obj_ptrs_in_the_past_for_eval": True,
+        "pred_obj_scores": True,
+        "pred_obj_scores_mlp": True,
+        "fixed_no_obj_ptr": True,
+        "multimask_output_for_tracking": True,
+        "use_multimask_token_for_obj_ptr": True,
+        "multimask_min_pt_num": 0,
+        "multimask_max_pt_num": 1,
+        "use_mlp_for_obj_ptr_proj": True,
+        "compile_image_encoder": False,
+        # build_sam2_video_predictor(apply_postprocessing=True) adds these overrides:
+        "sam_mask_decoder_extra_args": {
+            "dynamic_multimask_via_stability": True,
+            "dynamic_multimask_stability_delta": 0.05,
+            "dynamic_multimask_stability_thresh": 0.98,
+        },
+        "binarize_mask_from_pts_for_mem_enc": True,
+    }
+
+
+def build_reference(size: str = "ti", image_size: int = 512, seed: int = 0, obj_score_bias: float = 20.0):
+    """The official video predictor with random weights (seeded).
+
+    Random weights make the object-score head say "no object" on every frame, so every mask is empty and a
+    comparison proves nothing (../shared/STACK.md); its last bias is raised so masks are non-trivial.
+    """
+    from hydra.utils import instantiate
+
+    torch.manual_seed(seed)
+    model = instantiate(copy.deepcopy(official_config(size, image_size)), _recursive_=True)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(obj_score_bias)
+    return model.eval()
