@@ -106,7 +106,8 @@ class ViT(nn.Module):
             )
             for i in range(cfg.depth)
         )
-        self.register_buffer("abs_pos", torch.empty(1, cfg.feat_size, cfg.feat_size, cfg.embed_dim), persistent=False)
+        abs_pos = torch.empty(1, cfg.feat_size, cfg.feat_size, cfg.embed_dim)
+        self.register_buffer("abs_pos", abs_pos, persistent=False)
         self.refresh_abs_pos()
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
@@ -121,9 +122,9 @@ class ViT(nn.Module):
         side = int(round(grid.shape[1] ** 0.5))
         grid = grid.reshape(1, side, side, -1)
         if side != self.feat_size:
-            grid = F.interpolate(
-                grid.permute(0, 3, 1, 2), size=(self.feat_size, self.feat_size), mode="bicubic", align_corners=False
-            ).permute(0, 2, 3, 1)
+            size = (self.feat_size, self.feat_size)
+            grid = grid.permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
         self.abs_pos.copy_(grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +163,8 @@ class ImageEncoder(nn.Module):
     """Image -> `d_model`-channel features at stride 16, for a fixed `cfg.image_size`.
 
     The features are the reference's `vision_features` (== `backbone_fpn[-1]`); their constant sine
-    position encoding (the reference's `vision_pos_enc[-1]`) is the buffer `pos_enc` [1, d_model, h, w],
-    kept out of the forward so the deploy unit has one output.
+    position encoding (the reference's `vision_pos_enc[-1]`) is the buffer `vision_pos_enc`
+    [1, d_model, h, w], kept out of the forward so the deploy unit has one output.
     """
 
     def __init__(self, cfg: EfficientTAMConfig) -> None:
@@ -172,7 +173,7 @@ class ImageEncoder(nn.Module):
         self.trunk = ViT(cfg)
         self.neck = ViTDetNeck(cfg.embed_dim, cfg.d_model)
         pos = sine_position_encoding(cfg.d_model, cfg.feat_size, cfg.feat_size)
-        self.register_buffer("pos_enc", pos, persistent=False)
+        self.register_buffer("vision_pos_enc", pos, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised image -> [B, d_model, S/16, S/16]."""

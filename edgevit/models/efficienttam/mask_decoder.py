@@ -33,7 +33,7 @@ see ordinary numbers; the softmax weight it leaves is exp(-1e4) == 0 in fp32 and
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose projections may shrink the width by `downsample_rate` (SAM's cross-attention)."""
+    """Multi-head attention; projections may shrink the width by `downsample_rate` (SAM's cross-attention)."""
 
     def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         token_bias: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The first block's tokens *are* their positional encoding, so it neither adds it nor keeps a residual.
+        # The first block's tokens *are* their positional encoding: it neither adds it nor keeps a residual.
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries, token_bias)
         else:
@@ -99,18 +99,20 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    """Prompt tokens and image tokens attending to each other (keys `layers.*`, `final_attn_token_to_image`)."""
+    """Prompt tokens and image tokens attending to each other, then a last token-to-image attention."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(TwoWayAttentionBlock(dim, skip_first_layer_pe=i == 0) for i in range(TRANSFORMER_DEPTH))
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(dim, skip_first_layer_pe=i == 0) for i in range(TRANSFORMER_DEPTH)
+        )
         self.final_attn_token_to_image = Attention(dim, NUM_HEADS, ATTENTION_DOWNSAMPLE_RATE)
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(
         self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor, token_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image [B, C, h, w], image_pe [1, C, h, w], tokens [B, N, C] -> (tokens [B, N, C], image [B, hw, C])."""
+        """image [B, C, h, w], image_pe [1, C, h, w], tokens [B, N, C] -> tokens, image [B, hw, C]."""
         keys = image.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = tokens
@@ -157,10 +159,13 @@ class MaskDecoder(nn.Module):
         iou_pred [B, 4], mask_tokens_out [B, 4, C], object_score_logits [B, 1].
         """
         b, c, h, w = image_embeddings.shape
-        output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
+        output_tokens = torch.cat(
+            [self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight]
+        )
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
         slot_bias = (token_valid == 0).to(sparse.dtype) * MASKED_KEY_BIAS
-        token_bias = torch.cat([slot_bias.new_zeros(b, NUM_OUTPUT_TOKENS), slot_bias], dim=1)[:, None, None, :]
+        token_bias = torch.cat([slot_bias.new_zeros(b, NUM_OUTPUT_TOKENS), slot_bias], dim=1)
+        token_bias = token_bias.reshape(b, 1, 1, -1)  # one bias per key, for every head and query
 
         hs, src = self.transformer(image_embeddings + dense, image_pe, tokens, token_bias)
         mask_tokens_out = hs[:, 2 : 2 + NUM_MASK_TOKENS]

@@ -61,8 +61,10 @@ class RoPEAttention(nn.Module):
         b, h, m, d = k.shape
         hw = cos.shape[0]
         n_rope = self.num_rope_frames * hw
-        frames = k[:, :, :n_rope].reshape(b, h, self.num_rope_frames, hw, d)
-        rotated = apply_rope(frames, cos, sin).reshape(b, h, n_rope, d)
+        # No slice when every key is rotated: a full-extent slice exports as `aten.alias`, which Core ML rejects.
+        frames = k if n_rope == m else k[:, :, :n_rope]
+        rotated = apply_rope(frames.reshape(b, h, self.num_rope_frames, hw, d), cos, sin)
+        rotated = rotated.reshape(b, h, n_rope, d)
         if n_rope == m:
             return rotated
         return torch.cat((rotated, k[:, :, n_rope:]), dim=2)

@@ -1,7 +1,7 @@
 """EfficientTAM memory encoder: fuses a frame's features with its predicted mask into a 64-channel memory.
 
 Weight-compatible with the reference `memory_encoder`. Its sine position encoding depends only on the
-feature-map size, so it is the constant buffer `pos_enc` rather than an output of the forward.
+feature-map size, so it is the constant buffer `vision_pos_enc` rather than an output of the forward.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class MemoryEncoder(nn.Module):
     The mask must already be the memory encoder's input scale — sigmoid(logits) (or the binarised mask)
     times 20 minus 10 — as the reference receives it with `skip_mask_sigmoid=True`; that scaling belongs to
     the tracker, which decides between sigmoid and binarisation per frame. The constant position encoding
-    of the output (the reference's `vision_pos_enc[0]`) is the buffer `pos_enc` [1, mem_dim, h, w].
+    of the output (the reference's `vision_pos_enc[0]`) is the buffer `vision_pos_enc`
+    [1, mem_dim, h, w].
     """
 
     def __init__(self, cfg: EfficientTAMConfig) -> None:
@@ -96,7 +97,7 @@ class MemoryEncoder(nn.Module):
         self.fuser = Fuser(cfg.d_model)
         self.out_proj = nn.Conv2d(cfg.d_model, cfg.mem_dim, kernel_size=1)
         pos = sine_position_encoding(cfg.mem_dim, cfg.feat_size, cfg.feat_size)
-        self.register_buffer("pos_enc", pos, persistent=False)
+        self.register_buffer("vision_pos_enc", pos, persistent=False)
 
     def forward(self, pix_feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pix_feat [B, d_model, h, w], mask [B, 1, 16h, 16w] -> [B, mem_dim, h, w]."""

@@ -23,7 +23,7 @@ from edgevit.models.efficienttam.config import EfficientTAMConfig
 from edgevit.models.layers import LayerNorm2d
 
 PAD_LABEL = -1
-"""SAM's padding point ("not a point"): embedded as `not_a_point_embed` and attended to, as in the reference."""
+"""SAM's padding point ("not a point"): embedded as `not_a_point_embed`, attended to like in the reference."""
 UNUSED_LABEL = -2
 """An empty slot: its embedding is zero and the mask decoder masks it out as an attention key."""
 MASK_IN_CHANS = 16  # fixed by the reference's `_build_sam_heads`
@@ -62,10 +62,10 @@ class PromptEncoder(nn.Module):
 
     Slot labels: 1 positive click, 0 negative click, 2/3 top-left/bottom-right box corner, `PAD_LABEL` (-1)
     SAM's padding point, `UNUSED_LABEL` (-2) an empty slot. To reproduce the reference for a prompt of n
-    points, fill n slots with them, one with the padding point (coords (0, 0), label -1) — the reference always
-    appends it when no separate box is given, which is how the video predictor calls it — and the rest with
-    `UNUSED_LABEL`. With no prompt at all (tracking frames), the reference uses one -1 point plus its pad, so
-    two slots carry label -1.
+    points, fill n slots with them, one with the padding point (coords (0, 0), label -1) — the reference
+    always appends it when no separate box is given, which is how the video predictor calls it — and the
+    rest with `UNUSED_LABEL`. With no prompt at all (tracking frames), the reference uses one -1 point plus
+    its pad, so two slots carry label -1.
     """
 
     def __init__(self, cfg: EfficientTAMConfig) -> None:

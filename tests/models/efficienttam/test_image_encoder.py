@@ -52,7 +52,8 @@ def image() -> torch.Tensor:
 
 def test_state_dict_keys_and_shapes_match(pair: tuple[torch.nn.Module, ImageEncoder]) -> None:
     ref, ours = pair
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in ref.state_dict().items()}
 
 
 def test_matches_reference(pair: tuple[torch.nn.Module, ImageEncoder], image: torch.Tensor) -> None:
@@ -65,7 +66,7 @@ def test_matches_reference(pair: tuple[torch.nn.Module, ImageEncoder], image: to
     assert got.shape == (1, CFG.d_model, CFG.feat_size, CFG.feat_size)
     assert feats.std() > 0.1 and feats.std(dim=(2, 3)).min() > 1e-3  # varies over channels and space
     _assert_close(got, feats)
-    _assert_close(ours.pos_enc, expected["vision_pos_enc"][-1][:1])
+    _assert_close(ours.vision_pos_enc, expected["vision_pos_enc"][-1][:1])
 
 
 def test_loading_pos_embed_refreshes_resized_buffer(pair: tuple[torch.nn.Module, ImageEncoder]) -> None:
@@ -78,7 +79,7 @@ def test_loading_pos_embed_refreshes_resized_buffer(pair: tuple[torch.nn.Module,
     ours.load_state_dict(state, strict=True)
     expected = get_abs_pos(state["trunk.pos_embed"], True, (CFG.feat_size, CFG.feat_size))
     _assert_close(ours.trunk.abs_pos, expected)
-    assert "trunk.abs_pos" not in ours.state_dict() and "pos_enc" not in ours.state_dict()
+    assert "trunk.abs_pos" not in ours.state_dict() and "vision_pos_enc" not in ours.state_dict()
 
 
 def test_export_matches_eager(pair: tuple[torch.nn.Module, ImageEncoder], image: torch.Tensor) -> None:

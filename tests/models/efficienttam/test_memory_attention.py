@@ -78,7 +78,8 @@ def test_apply_rope_matches_complex_reference() -> None:
 
 def test_state_dict_keys_and_shapes_match(pair: tuple[torch.nn.Module, MemoryAttention]) -> None:
     ref, ours = pair
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in ref.state_dict().items()}
 
 
 def test_all_valid_matches_full_reference(
@@ -127,7 +128,9 @@ def test_invalid_slots_equal_reference_without_them(
         _assert_close(got[b : b + 1], expected)
 
 
-def test_export_matches_eager(pair: tuple[torch.nn.Module, MemoryAttention], inputs: tuple[torch.Tensor, ...]) -> None:
+def test_export_matches_eager(
+    pair: tuple[torch.nn.Module, MemoryAttention], inputs: tuple[torch.Tensor, ...]
+) -> None:
     _, ours = pair
     curr, curr_pos, memory, memory_pos = inputs
     valid = torch.ones(memory.shape[:2], dtype=torch.bool)

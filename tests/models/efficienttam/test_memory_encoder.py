@@ -57,10 +57,13 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_state_dict_keys_and_shapes_match(pair: tuple[torch.nn.Module, MemoryEncoder]) -> None:
     ref, ours = pair
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in ref.state_dict().items()}
 
 
-def test_matches_reference(pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]) -> None:
+def test_matches_reference(
+    pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]
+) -> None:
     ref, ours = pair
     pix_feat, mask = inputs
     with torch.no_grad():
@@ -72,10 +75,12 @@ def test_matches_reference(pair: tuple[torch.nn.Module, MemoryEncoder], inputs: 
     assert feats.std() > 0.1 and feats.std(dim=(2, 3)).min() > 1e-3
     assert (got - without_mask).abs().max() > 0.1  # the mask branch contributes
     _assert_close(got, feats)
-    _assert_close(ours.pos_enc, expected["vision_pos_enc"][0][:1])
+    _assert_close(ours.vision_pos_enc, expected["vision_pos_enc"][0][:1])
 
 
-def test_export_matches_eager(pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]) -> None:
+def test_export_matches_eager(
+    pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]
+) -> None:
     _, ours = pair
     program = torch.export.export(ours, inputs)
     with torch.no_grad():

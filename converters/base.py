@@ -1,0 +1,255 @@
+"""The one entry point for lowering a deploy unit: `convert(unit, target, precision, out_dir) -> Artifact`.
+
+Each target is a module exposing `SUFFIX`, `PRECISIONS` (the first is the default), `BACKENDS` (the
+distributions whose versions the artifact records), `FALLBACK` (the target to suggest when this one cannot
+lower an op), `convert(unit, precision, path) -> TargetResult` and, where a runtime exists on this machine,
+`load_runner(path, num_threads) -> Runner`. Target modules are imported only when asked for, so
+`import converters` costs no backend import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypedDict
+
+from converters.artifact import Artifact, TensorSpec, size_and_sha256
+from converters.unit import DeployUnit
+
+TARGETS: dict[str, str] = {
+    "onnx": "converters.onnx_target",
+    "executorch": "converters.executorch_target",
+    "tflite": "converters.tflite_target",
+    "coreml": "converters.coreml_target",
+}
+
+
+class ConversionError(Exception):
+    """A conversion, validation or parity failure, with a one-line message fit for a CLI."""
+
+
+class TargetResult(TypedDict):
+    """What a target module's `convert` reports about the file it wrote."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    facts: dict[str, Any]
+
+
+def target_module(target: str) -> ModuleType:
+    """The module implementing `target`; raises ConversionError listing the valid targets."""
+    if target not in TARGETS:
+        raise ConversionError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return importlib.import_module(TARGETS[target])
+
+
+def precisions(target: str) -> tuple[str, ...]:
+    """Precisions `target` supports here, default first."""
+    return tuple(target_module(target).PRECISIONS)
+
+
+def artifact_path(unit: DeployUnit, target: str, precision: str, out_dir: Path) -> Path:
+    """Where `convert` puts the artifact: one file (or package) per unit, target and precision."""
+    return Path(out_dir) / f"{unit.name}.{precision}{target_module(target).SUFFIX}"
+
+
+def convert(
+    unit: DeployUnit,
+    target: str,
+    precision: str | None = None,
+    out_dir: Path = Path("."),
+    *,
+    parity_inputs: tuple[Any, ...] | None = None,
+    min_sqnr_db: float | None = None,
+) -> Artifact:
+    """Lower `unit` for `target`, validate the written file, check parity where it can run, and return it.
+
+    The artifact is written under a hidden temporary name in `out_dir` and renamed into place only after it
+    loads and passes parity, so a failure at any step leaves no file (and no half-written package) behind
+    and never clobbers a previous good artifact. `precision` None means the target's default. Parity runs on
+    `parity_inputs` (tensors in the unit's input order) or the unit's example inputs; the SQNR floor is
+    `min_sqnr_db` or the precision's default from `converters.parity.MIN_SQNR_DB`.
+    """
+    from converters import parity  # parity imports runtime, which imports this module
+
+    module = target_module(target)
+    precision = precision or module.PRECISIONS[0]
+    if precision not in module.PRECISIONS:
+        raise ConversionError(
+            f"target {target!r} does not support precision {precision!r}; valid: {', '.join(module.PRECISIONS)}"
+        )
+    _check_unit(unit)
+    floor = parity.MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db
+
+    out_dir = Path(out_dir)
+    final = artifact_path(unit, target, precision, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from exc
+    tmp = out_dir / f".{unit.name}.{precision}.tmp-{uuid.uuid4().hex[:8]}{module.SUFFIX}"
+
+    try:
+        start = time.perf_counter()
+        result = _run_target(module, unit, target, precision, tmp)
+        seconds = time.perf_counter() - start
+        _check_names(unit, target, result)
+        figures, note = _parity(module, unit, target, tmp, parity_inputs, floor)
+        _move_into_place(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+    size, digest = size_and_sha256(final)
+    return Artifact(
+        target=target,
+        unit=unit.name,
+        path=final,
+        precision=precision,
+        inputs=result["inputs"],
+        outputs=result["outputs"],
+        size_bytes=size,
+        sha256=digest,
+        versions=_versions(module.BACKENDS),
+        conversion_seconds=seconds,
+        parity=figures,
+        parity_note=note,
+        min_sqnr_db=floor if figures is not None else None,
+        facts=result["facts"],
+    )
+
+
+def lowering_error(exc: BaseException, unit: DeployUnit, target: str) -> ConversionError:
+    """Turn a backend's exception into one line naming the op it choked on (when it says) and a fallback.
+
+    Backends word this differently (Core ML "Unsupported fx node X", ExecuTorch "<EdgeOpOverload: X>", the
+    torch.fx interpreter "target=torch.ops.X"), so the op is fished out with a few patterns; without one the
+    backend's first line is kept.
+    """
+    text = str(exc)
+    op = _op_named_in(text)
+    fallback = target_module(target).FALLBACK
+    first = _first_line(text) or type(exc).__name__
+    if op:
+        return ConversionError(
+            f"{target} cannot lower op {op!r} in unit {unit.name!r} ({first}); try --target {fallback}"
+        )
+    return ConversionError(
+        f"{target} failed to convert unit {unit.name!r}: {type(exc).__name__}: {first}; try --target {fallback}"
+    )
+
+
+_OP_PATTERNS = (
+    re.compile(r"Unsupported fx node (\w+)"),
+    re.compile(r"convert function for op '(\w+)' not implemented"),
+    re.compile(r"node \w+ \((\w+)\) got"),
+    re.compile(r"target=torch\.ops\.(\w+\.\w+)"),
+    re.compile(r"<EdgeOpOverload: (\w+\.\w+)"),
+    re.compile(r"Unsupported FX nodes?: \{?'?([\w.:]+)"),
+    re.compile(r"\b(aten(?:\.|::)\w+)"),
+)
+
+
+def _op_named_in(text: str) -> str | None:
+    for pattern in _OP_PATTERNS:
+        if m := pattern.search(text):
+            return m.group(1)
+    return None
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_unit(unit: DeployUnit) -> None:
+    # A unit in training mode would convert dropout/batch-norm updates and make eager parity meaningless.
+    if unit.module.training:
+        raise ConversionError(f"unit {unit.name!r} is in training mode; call .eval() on its module first")
+    names = (*unit.input_names, *unit.output_names)
+    if len(set(names)) != len(names) or not all(names):
+        raise ConversionError(f"unit {unit.name!r}: input/output names must be unique and non-empty: {names}")
+
+
+def _run_target(module: ModuleType, unit: DeployUnit, target: str, precision: str, tmp: Path) -> TargetResult:
+    try:
+        return module.convert(unit, precision, tmp)
+    except ConversionError:
+        raise
+    except OSError as exc:
+        raise ConversionError(f"{target}: cannot write {tmp}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise lowering_error(exc, unit, target) from exc
+
+
+def _check_names(unit: DeployUnit, target: str, result: TargetResult) -> None:
+    # Apps look tensors up by name; a backend that silently renamed one would ship a file the app can't drive.
+    got_in = tuple(t.name for t in result["inputs"])
+    got_out = tuple(t.name for t in result["outputs"])
+    if got_in != unit.input_names or got_out != unit.output_names:
+        raise ConversionError(
+            f"{target} artifact of unit {unit.name!r} has I/O names {got_in} -> {got_out}, "
+            f"expected {unit.input_names} -> {unit.output_names}"
+        )
+
+
+def _parity(
+    module: ModuleType,
+    unit: DeployUnit,
+    target: str,
+    path: Path,
+    inputs: tuple[Any, ...] | None,
+    floor: float,
+) -> tuple[dict | None, str | None]:
+    from converters.parity import check_parity
+    from converters.runtime import RuntimeUnavailableError
+
+    if not hasattr(module, "load_runner"):
+        return None, f"no {target} runtime in this environment"
+    try:
+        runner = module.load_runner(path)
+    except RuntimeUnavailableError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        raise ConversionError(
+            f"{target} artifact of unit {unit.name!r} does not load: {_first_line(str(exc))}"
+        ) from exc
+    return check_parity(unit, runner, inputs, min_sqnr_db=floor), None
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`, replacing an older artifact; a directory is swapped via a side name because
+    rename(2) will not replace a non-empty directory."""
+    try:
+        if tmp.is_dir() and final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+            tmp.rename(final)
+            _remove(old)
+        else:
+            tmp.replace(final)
+    except OSError as exc:
+        raise ConversionError(f"cannot move artifact into place at {final}: {exc.strerror or exc}") from exc
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _versions(backends: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for dist in ("torch", *backends):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out

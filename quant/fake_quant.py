@@ -1,0 +1,364 @@
+"""Fake-quant simulation of a whole model: calibrate, plan, apply the plan.
+
+The passes, each with one job:
+- `quantizable_layers(model)`: which ops get quantized (nn.Linear, nn.Conv2d, and `MatMul` modules, the
+  way a model exposes the Q·Kᵀ and attn·V products; `F.scaled_dot_product_attention` stays float);
+- `collect_stats(model, batches)`: one calibration pass filling observers (bit-width independent);
+- `CalibrationStats.plan(...)` / `calibrate(...)`: observers → a `QuantPlan` at chosen bits;
+- `apply_plan(model, plan)`: a copy whose planned layers quantize exactly as the plan says;
+- `strip_fake_quant(model)`: undo `apply_plan(..., inplace=True)` (sensitivity probes).
+
+Only the *inputs* of those ops and their weights are quantized (weights per-channel symmetric, inputs
+per-tensor asymmetric by default, which is what XNNPACK and ORT run): Softmax, LayerNorm, GELU and
+residual adds stay float, as MatMul/Conv-only QDQ does on the targets.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+from torch import Tensor, nn
+
+from quant.errors import QuantError
+from quant.observers import Observer, ObserverFactory, fake_quantize, make_observer, quant_range
+from quant.plan import LayerKind, LayerQuant, QuantPlan, TensorQParams
+
+Batch = Tensor | Sequence[Tensor]
+
+
+class MatMul(nn.Module):
+    """`a @ b` as a module, so a model can expose its attention matmuls to quantization by name."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.matmul(a, b)
+
+
+class ChannelAffine(nn.Module):
+    """x ↦ (x - shift) * inv_scale per last-dim channel: SQ-b's explicit op where no LayerNorm can absorb it."""
+
+    def __init__(self, shift: Tensor, inv_scale: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift.detach().clone())
+        self.register_buffer("inv_scale", inv_scale.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.shift) * self.inv_scale
+
+
+class SmoothedLinear(nn.Linear):
+    """A Linear preceded by its own float `ChannelAffine`; still an nn.Linear under the same name.
+
+    Quantization applies to the *smoothed* input (the output of `smooth`), which is the whole point.
+    """
+
+    def __init__(self, linear: nn.Linear, smooth: ChannelAffine) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: the weights come from `linear`, no re-init
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.smooth = smooth
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.smooth(x), self.weight, self.bias)
+
+
+def layer_kind(module: nn.Module) -> LayerKind | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv2d"
+    if isinstance(module, MatMul):
+        return "matmul"
+    return None
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, LayerKind]:
+    """Names and kinds of the ops fake-quant can handle, refusing layers it would silently miss."""
+    found: dict[str, LayerKind] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, FakeQuantLayer):
+            raise QuantError(f"layer {name!r} is already fake-quantized: calibrate the float model")
+        if isinstance(module, nn.MultiheadAttention):
+            raise QuantError(
+                f"layer {name!r} is nn.MultiheadAttention, which uses its projection weights without calling "
+                "them, so they cannot be observed or fake-quantized: write it with nn.Linear and MatMul"
+            )
+        kind = layer_kind(module)
+        if kind is not None:
+            found[name] = kind
+    return found
+
+
+def layer_inputs(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The tensors that get quantized when `module` is called with `args` (after any SQ-b pre-op)."""
+    if isinstance(module, MatMul):
+        return args[0], args[1]
+    x = args[0]
+    return (module.smooth(x),) if isinstance(module, SmoothedLinear) else (x,)
+
+
+def run_batch(model: nn.Module, batch: Batch) -> Tensor | tuple | dict:
+    """Call `model` on a batch given as a tensor or a sequence of positional tensors."""
+    return model(batch) if isinstance(batch, Tensor) else model(*batch)
+
+
+def materialize_batches(batches: Iterable[Batch], min_batches: int, purpose: str) -> list[Batch]:
+    """Read every batch up front so a too-small calibration set fails before any work is done."""
+    seen = list(batches)
+    if len(seen) < min_batches:
+        raise QuantError(
+            f"{purpose} got {len(seen)} batch(es) but needs at least {min_batches}: pass more batches "
+            f"(or lower min_batches)"
+        )
+    return seen
+
+
+def _qparams(observer: Observer, bits: int) -> TensorQParams:
+    scale, zero_point = observer.qparams(bits)
+    qmin, qmax = quant_range(bits, observer.symmetric)
+    return TensorQParams(
+        bits=bits,
+        symmetric=observer.symmetric,
+        granularity="per_tensor" if observer.ch_axis is None else "per_channel",
+        scale=[float(s) for s in scale],
+        zero_point=[int(z) for z in zero_point],
+        quant_min=qmin,
+        quant_max=qmax,
+        observer=observer.label,
+        ch_axis=observer.ch_axis,
+    )
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one layer; answers qparams at any bit-width."""
+
+    name: str
+    kind: LayerKind
+    module: nn.Module
+    inputs: list[Observer]
+    input_numel: int
+    weight_observer: Observer | None = None
+
+    @property
+    def weight_shape(self) -> list[int]:
+        return list(self.module.weight.shape) if self.kind != "matmul" else []
+
+    def layer_quant(self, weight_bits: int | None, act_bits: int, method: str) -> LayerQuant:
+        weight = None
+        if self.weight_observer is not None and weight_bits is not None:
+            weight = _qparams(self.weight_observer, weight_bits)
+        return LayerQuant(
+            name=self.name,
+            kind=self.kind,
+            method=method,
+            weight=weight,
+            inputs=[_qparams(obs, act_bits) for obs in self.inputs],
+            weight_shape=self.weight_shape if weight is not None else [],
+        )
+
+
+@dataclass
+class CalibrationStats:
+    """What one calibration pass learned about every quantizable layer, in execution order."""
+
+    layers: dict[str, LayerStats]
+    num_batches: int
+    not_executed: list[str] = field(default_factory=list)
+
+    def plan(
+        self,
+        weight_bits: int = 8,
+        act_bits: int = 8,
+        bits: Mapping[str, tuple[int | None, int]] | None = None,
+        method: str = "ptq",
+    ) -> QuantPlan:
+        """A plan at uniform bits, with per-layer (weight_bits, act_bits) overrides from `bits`."""
+        bits = dict(bits or {})
+        unknown = [name for name in bits if name not in self.layers]
+        if unknown:
+            raise QuantError(f"bit-width given for {unknown[0]!r}, which calibration did not see")
+        layers = {}
+        for name, stats in self.layers.items():
+            w, a = bits.get(name, (weight_bits, act_bits))
+            layers[name] = stats.layer_quant(w, a, method)
+        first = next(iter(self.layers.values()), None)
+        metadata = {
+            "calibration_batches": self.num_batches,
+            "observer": first.inputs[0].label if first else None,
+            "not_executed": self.not_executed,
+        }
+        return QuantPlan(layers=layers, metadata=metadata)
+
+
+@torch.no_grad()
+def collect_stats(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    observer: str | ObserverFactory = "minmax",
+    *,
+    weight_observer: str | ObserverFactory = "minmax",
+    act_symmetric: bool = False,
+    min_batches: int = 4,
+    layers: Iterable[str] | None = None,
+    progress: bool = True,
+) -> CalibrationStats:
+    """Run calibration batches through `model`, observing every quantizable layer's inputs.
+
+    Weights are observed per output channel (axis 0), symmetric; activations per-tensor, the only
+    activation granularity XNNPACK and ORT kernels accept.
+    """
+    batches = materialize_batches(batches, min_batches, "calibration")
+    candidates = quantizable_layers(model)
+    if layers is not None:
+        wanted = list(layers)
+        for name in wanted:
+            if name not in candidates:
+                kind = type(model.get_submodule(name)).__name__ if _has_submodule(model, name) else None
+                raise QuantError(
+                    f"layer {name!r} cannot be quantized: it is {kind}, not nn.Linear, nn.Conv2d or MatMul"
+                    if kind
+                    else f"layer {name!r} does not exist in the model"
+                )
+        candidates = {name: candidates[name] for name in wanted}
+
+    seen: dict[str, LayerStats] = {}
+
+    def make_hook(name: str, kind: LayerKind):
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            if not args:
+                raise QuantError(f"layer {name!r} was called with keyword inputs; pass them positionally")
+            inputs = layer_inputs(module, args)
+            if name not in seen:
+                seen[name] = LayerStats(
+                    name=name,
+                    kind=kind,
+                    module=module,
+                    inputs=[make_observer(observer, act_symmetric, None) for _ in inputs],
+                    input_numel=sum(t[0].numel() for t in inputs),
+                )
+            for obs, t in zip(seen[name].inputs, inputs, strict=True):
+                obs.update(t)
+
+        return hook
+
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(make_hook(name, kind))
+        for name, kind in candidates.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in track(batches, description="calibrating", transient=True, disable=not progress):
+            run_batch(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    for stats in seen.values():
+        if stats.kind != "matmul":
+            stats.weight_observer = make_observer(weight_observer, True, 0, keep_all=True)
+            stats.weight_observer.update(stats.module.weight)
+    return CalibrationStats(
+        layers=seen, num_batches=len(batches), not_executed=[n for n in candidates if n not in seen]
+    )
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    observer: str | ObserverFactory = "minmax",
+    *,
+    weight_observer: str | ObserverFactory = "minmax",
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    min_batches: int = 4,
+    progress: bool = True,
+) -> QuantPlan:
+    """Uniform PTQ in one call: observe `batches`, return the plan at `weight_bits`/`act_bits`."""
+    stats = collect_stats(
+        model, batches, observer, weight_observer=weight_observer, min_batches=min_batches, progress=progress
+    )
+    return stats.plan(weight_bits, act_bits)
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+class FakeQuantize(nn.Module):
+    """Fixed-qparams quantize→dequantize of one tensor (no observing: the plan already decided)."""
+
+    def __init__(self, q: TensorQParams) -> None:
+        super().__init__()
+        scale, zero_point = q.tensors()
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+        self.quant_min, self.quant_max, self.ch_axis = q.quant_min, q.quant_max, q.ch_axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, self.ch_axis)
+
+
+class FakeQuantLayer(nn.Module):
+    """A planned layer: fake-quantized inputs and a pre-quantized weight around the original module."""
+
+    def __init__(self, inner: nn.Module, layer: LayerQuant) -> None:
+        super().__init__()
+        self.inner = inner
+        self.kind = layer.kind
+        self.input_quant = nn.ModuleList(FakeQuantize(q) for q in layer.inputs)
+        if layer.weight is not None:
+            weight_q = FakeQuantize(layer.weight)(inner.weight.detach())
+        else:
+            weight_q = inner.weight.detach() if self.kind != "matmul" else None
+        self.register_buffer("weight_q", weight_q)
+
+    def forward(self, *args: Tensor) -> Tensor:
+        inputs = [fq(t) for fq, t in zip(self.input_quant, layer_inputs(self.inner, args), strict=True)]
+        if self.kind == "matmul":
+            return torch.matmul(inputs[0], inputs[1])
+        if self.kind == "linear":
+            return F.linear(inputs[0], self.weight_q, self.inner.bias)
+        return self.inner._conv_forward(inputs[0], self.weight_q, self.inner.bias)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def apply_plan(model: nn.Module, plan: QuantPlan, inplace: bool = False) -> nn.Module:
+    """A model whose planned layers quantize exactly as `plan` says; everything else is untouched float.
+
+    If the plan was calibrated on an SQ-b-smoothed model, apply it to that same smoothed model.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    for name, layer in plan.layers.items():
+        if not _has_submodule(target, name):
+            raise QuantError(f"plan layer {name!r} does not exist in the model")
+        module = target.get_submodule(name)
+        if isinstance(module, FakeQuantLayer):
+            raise QuantError(f"layer {name!r} is already fake-quantized")
+        if layer_kind(module) != layer.kind:
+            raise QuantError(f"plan says {name!r} is {layer.kind}, the model has {type(module).__name__}")
+        _set_submodule(target, name, FakeQuantLayer(module, layer))
+    return target
+
+
+def strip_fake_quant(model: nn.Module) -> nn.Module:
+    """Put the original modules back in place of every `FakeQuantLayer` (in place)."""
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, FakeQuantLayer)]
+    for name in wrapped:
+        _set_submodule(model, name, model.get_submodule(name).inner)
+    return model
