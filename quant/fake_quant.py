@@ -39,7 +39,7 @@ class MatMul(nn.Module):
 
 
 class ChannelAffine(nn.Module):
-    """x ↦ (x - shift) * inv_scale per last-dim channel: SQ-b's explicit op where no LayerNorm can absorb it."""
+    """x ↦ (x - shift) * inv_scale per last-dim channel: SQ-b's op where no LayerNorm can absorb it."""
 
     def __init__(self, shift: Tensor, inv_scale: Tensor) -> None:
         super().__init__()
@@ -191,6 +191,9 @@ class CalibrationStats:
         metadata = {
             "calibration_batches": self.num_batches,
             "observer": first.inputs[0].label if first else None,
+            "weight_observer": next(
+                (s.weight_observer.label for s in self.layers.values() if s.weight_observer), None
+            ),
             "not_executed": self.not_executed,
         }
         return QuantPlan(layers=layers, metadata=metadata)

@@ -185,6 +185,10 @@ def explain(table: SensitivityTable, plan: QuantPlan | None = None) -> Table:
         row += [f"{table.sqnr_db[name][c]:.1f}" if c in table.sqnr_db[name] else "" for c in columns]
         if plan is not None:
             layer = plan.layers.get(name)
-            row.append("" if layer is None else f"W{layer.weight_bits or '-'}A{layer.act_bits}")
+            if layer is None:
+                row.append("")
+            else:
+                w = f"W{layer.weight_bits}" if layer.weight_bits is not None else ""
+                row.append(f"{w}A{layer.act_bits}")
         out.add_row(*row)
     return out

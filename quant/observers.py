@@ -159,6 +159,7 @@ class _SampledObserver(Observer):
         super().update(x)
         flat = channels_first(x, self.ch_axis)
         if self.max_samples is None:
+            flat = flat.clone()  # may be a view of a live weight that a later pass edits in place
             self._samples = flat if self._samples is None else torch.cat([self._samples, flat], dim=1)
             return
         self._samples, self._keys = reservoir_update(

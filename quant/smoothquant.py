@@ -73,7 +73,9 @@ def layernorm_feeds(model: nn.Module, example: Batch, linears: Iterable[str]) ->
     try:
         graph = torch.export.export(model, args, strict=False).graph
     except Exception as err:  # any export failure only costs the LayerNorm fold, never correctness
-        warnings.warn(f"SQ-b: model does not export ({type(err).__name__}); using explicit smoothing ops")
+        warnings.warn(
+            f"SQ-b: model does not export ({type(err).__name__}); using explicit smoothing ops", stacklevel=2
+        )
         return {}
 
     def owner(node: torch.fx.Node) -> str | None:
@@ -264,7 +266,7 @@ def _check_identity(before: list[Tensor], after: list[Tensor]) -> None:
 
 @torch.no_grad()
 def apply_smoothing_(model: nn.Module, records: dict[str, Smoothing]) -> nn.Module:
-    """Fold SQ-b records into `model` in place (also replays a saved plan's smoothing on a fresh checkpoint)."""
+    """Fold SQ-b records into `model` in place; also replays a saved plan's smoothing on a new checkpoint."""
     by_target: dict[str, list[str]] = defaultdict(list)
     for name, record in records.items():
         by_target[record.folded_into if record.folded_into != EXPLICIT else f"{EXPLICIT}:{name}"].append(name)
