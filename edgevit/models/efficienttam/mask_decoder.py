@@ -14,7 +14,6 @@ make it exportable with static shapes:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgevit.models.efficienttam.config import EfficientTAMConfig
@@ -33,29 +32,43 @@ see ordinary numbers; the softmax weight it leaves is exp(-1e4) == 0 in fp32 and
 
 
 class Attention(nn.Module):
-    """Multi-head attention; projections may shrink the width by `downsample_rate` (SAM's cross-attention)."""
+    """Multi-head attention; projections may shrink the width by `downsample_rate` (SAM's cross-attention).
+
+    Written as bmm + softmax rather than `F.scaled_dot_product_attention`: the latter decomposes, for
+    ExecuTorch, into a "safe softmax" (eq/any/logical_not/where/full_like per call) that XNNPACK leaves
+    undelegated, and into 4-D matmuls with batch `expand` copies; 3-D bmm avoids both.
+    """
 
     def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
         inner = dim // downsample_rate
         self.num_heads = num_heads
+        self.scale = (inner // num_heads) ** -0.5
         self.q_proj = nn.Linear(dim, inner)
         self.k_proj = nn.Linear(dim, inner)
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B * heads, N, C / heads]."""
         b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        x = x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        return x.reshape(b * self.num_heads, n, c // self.num_heads)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         """key_bias [B, 1, 1, Nk] is added to the logits of every head and query."""
+        b, nq, _ = q.shape
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        logits = torch.bmm(q * self.scale, k.transpose(1, 2))
+        if key_bias is not None:  # a structural choice per call site, not a data-dependent branch
+            logits = (logits.reshape(b, self.num_heads, nq, -1) + key_bias).reshape(
+                b * self.num_heads, nq, -1
+            )
+        out = torch.bmm(logits.softmax(dim=-1), v)
+        out = out.reshape(b, self.num_heads, nq, -1).transpose(1, 2).reshape(b, nq, -1)
+        return self.out_proj(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -174,7 +187,7 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = (hyper_in @ upscaled.flatten(2)).reshape(b, NUM_MASK_TOKENS, 4 * h, 4 * w)
+        masks = torch.bmm(hyper_in, upscaled.flatten(2)).reshape(b, NUM_MASK_TOKENS, 4 * h, 4 * w)
         iou_pred = self.iou_prediction_head(hs[:, 1])
         object_score_logits = self.pred_obj_score_head(hs[:, 0])
         return masks, iou_pred, mask_tokens_out, object_score_logits

@@ -50,7 +50,9 @@ class RandomFourierPositionEncoding(nn.Module):
         xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
         x_grid, y_grid = torch.meshgrid(xs, ys, indexing="xy")
         pe = self(torch.stack([x_grid, y_grid], dim=-1).to(self.positional_encoding_gaussian_matrix.dtype))
-        return pe.permute(2, 0, 1).unsqueeze(0)
+        # Contiguous (NCHW) storage: a permuted view would be saved channels-last, which ExecuTorch's
+        # kernels mix up with NCHW operands (wrong results, or a dim-order error).
+        return pe.permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def _refresh_after_load(module: nn.Module, incompatible_keys: Any) -> None:

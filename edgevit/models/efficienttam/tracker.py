@@ -114,7 +114,10 @@ class Tracker:
         masks, ious, obj_ptrs, score = self.run["prompt_mask_decoder"](
             feats, coords, labels, mask_prompt, torch.tensor([mask_weight])
         )
-        return select_mask(masks, ious, obj_ptrs, score, multimask, self.cfg)
+        # the unit already projected each token to a pointer, so "choose the token" chooses the pointer
+        out = select_mask(masks, ious, obj_ptrs, score, multimask, self.cfg.dynamic_multimask_stability_delta,
+                          self.cfg.dynamic_multimask_stability_thresh)
+        return out.low_res_masks, out.output_token, out.object_score_logits
 
     def _bank(self, frame: int, cond: tuple[int, _Memory], past: dict[int, _Memory], num_frames: int | None):
         cfg = self.cfg

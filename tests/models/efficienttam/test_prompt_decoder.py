@@ -111,6 +111,7 @@ def test_state_dict_and_dense_pe_match_reference(models):
             k: v.shape for k, v in theirs.state_dict().items()
         }
     assert "dense_pe" not in unit.prompt_encoder.state_dict()
+    assert unit.prompt_encoder.dense_pe.is_contiguous()  # a channels-last constant breaks ExecuTorch
     torch.testing.assert_close(
         unit.prompt_encoder.dense_pe, ref.sam_prompt_encoder.get_dense_pe(), rtol=0, atol=0
     )
