@@ -42,10 +42,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(x.reshape(b, h * w, c))
+        # Slices rather than `unbind`, whose squeezes XNNPACK leaves undelegated.
+        q, k, v = (self._heads(qkv[..., i * c : (i + 1) * c]) for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
 
 class Block(nn.Module):
@@ -89,7 +94,11 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     """The trunk. `pos_embed` stays a parameter at its pretraining size (so checkpoints load); the copy
-    resized to this model's input size lives in the non-persistent buffer `abs_pos` [1, h, w, C]."""
+    resized to this model's input size lives in the non-persistent buffer `abs_pos` [1, h, w, C].
+
+    `abs_pos` is a constant of the graph, so no gradient reaches `pos_embed` through it: this module is for
+    inference and export, not for training the position embedding.
+    """
 
     def __init__(self, cfg: EfficientTAMConfig) -> None:
         super().__init__()

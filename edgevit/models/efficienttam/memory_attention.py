@@ -17,8 +17,7 @@ from torch import nn
 from edgevit.models.efficienttam.config import EfficientTAMConfig
 from edgevit.models.efficienttam.position import apply_rope, axial_rope_tables
 
-# Official configs: one head, no downsampling inside attention, a 2048-wide ReLU MLP.
-NUM_HEADS = 1
+# Official configs: no downsampling inside attention, a 2048-wide ReLU MLP.
 FFN_DIM = 2048
 # Bias for invalid keys. Finite so that a row with no valid key gives no NaN; exp(-3e4) is exactly 0 in
 # fp32, fp16 and bf16, and -3e4 still fits in fp16 (max 65504).
@@ -26,10 +25,14 @@ MASKED = -3.0e4
 
 
 class RoPEAttention(nn.Module):
-    """Attention with 2-D axial RoPE on queries and on the first `num_rope_frames` * h*w keys.
+    """Single-head attention with 2-D axial RoPE on queries and on the first `num_rope_frames` * h*w keys.
 
     The rotated keys are `num_rope_frames` consecutive h*w frames sharing one table (the reference's
     `rope_k_repeat`); keys after them (object pointers) are left unrotated (its `num_k_exclude_rope`).
+    The official configs use one head, so RoPE runs on [B, N, C] tokens with no head axis (the pair view
+    of the keys then stays within Core ML's rank limit of 5) and the head axis is added by reshapes only
+    for SDPA, whose ONNX lowering takes 4-D tensors (reshapes, not unsqueeze/select, which XNNPACK leaves
+    undelegated).
     """
 
     def __init__(self, d_model: int, kv_in_dim: int, num_rope_frames: int) -> None:
@@ -49,30 +52,25 @@ class RoPEAttention(nn.Module):
         sin: torch.Tensor,
         attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        q = apply_rope(_heads(self.q_proj(q)), cos, sin)
-        k = _heads(self.k_proj(k))
-        v = _heads(self.v_proj(v))
-        k = self._rope_keys(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        q = apply_rope(self.q_proj(q), cos, sin)
+        k = self._rope_keys(self.k_proj(k), cos, sin)
+        v = self.v_proj(v)
+        (b, n, c), m = q.shape, k.shape[1]
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, 1, n, c), k.reshape(b, 1, m, c), v.reshape(b, 1, m, c), attn_mask=attn_bias
+        )
+        return self.out_proj(out.reshape(b, n, c))
 
     def _rope_keys(self, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, h, m, d = k.shape
+        b, m, c = k.shape
         hw = cos.shape[0]
         n_rope = self.num_rope_frames * hw
-        # No slice when every key is rotated: a full-extent slice exports as `aten.alias`, which Core ML rejects.
-        frames = k if n_rope == m else k[:, :, :n_rope]
-        rotated = apply_rope(frames.reshape(b, h, self.num_rope_frames, hw, d), cos, sin)
-        rotated = rotated.reshape(b, h, n_rope, d)
+        # No slice when all keys rotate: a full-extent slice exports as `aten.alias`, which Core ML rejects.
+        frames = k if n_rope == m else k[:, :n_rope]
+        rotated = apply_rope(frames.reshape(b, self.num_rope_frames, hw, c), cos, sin).reshape(b, n_rope, c)
         if n_rope == m:
             return rotated
-        return torch.cat((rotated, k[:, :, n_rope:]), dim=2)
-
-
-def _heads(x: torch.Tensor) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.reshape(b, n, NUM_HEADS, c // NUM_HEADS).transpose(1, 2)
+        return torch.cat((rotated, k[:, n_rope:]), dim=1)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -123,9 +121,7 @@ class MemoryAttention(nn.Module):
             for _ in range(cfg.memory_attention_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model)
-        cos, sin = axial_rope_tables(
-            cfg.d_model // NUM_HEADS, cfg.feat_size, cfg.feat_size, theta=cfg.rope_theta
-        )
+        cos, sin = axial_rope_tables(cfg.d_model, cfg.feat_size, cfg.feat_size, theta=cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -153,7 +149,8 @@ class MemoryAttention(nn.Module):
                 f"expected {self.num_tokens} current and {self.memory_size} memory tokens, "
                 f"got {curr.shape[1]} and {memory.shape[1]}"
             )
-        attn_bias = ((1.0 - memory_valid.to(curr.dtype)) * MASKED)[:, None, None, :]
+        b, m = memory_valid.shape
+        attn_bias = ((1.0 - memory_valid.to(curr.dtype)) * MASKED).reshape(b, 1, 1, m)
         memory_with_pos = memory + memory_pos
         x = curr + 0.1 * curr_pos
         for layer in self.layers:

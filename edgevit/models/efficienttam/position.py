@@ -44,11 +44,13 @@ def sine_position_encoding(
 def axial_rope_tables(
     dim: int, end_x: int, end_y: int, theta: float = 10000.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cos and sin of the 2-D axial RoPE angles for an `end_y` x `end_x` row-major grid, each [H*W, dim/2].
+    """2-D axial RoPE for an `end_y` x `end_x` row-major grid as two [H*W, dim] tables for `apply_rope`.
 
-    The first dim/4 pairs rotate by the x coordinate, the last dim/4 by the y coordinate, with the same
-    frequencies on both axes — the reference `compute_axial_cis` with the complex numbers split into
-    their real and imaginary parts.
+    Angles as in the reference `compute_axial_cis`: the first dim/4 channel pairs rotate by the x
+    coordinate, the last dim/4 by the y coordinate, with the same frequencies on both axes. Each pair's
+    cos is written to both of its channels; its sin is written negated to the first channel and as is to
+    the second, so the rotation is `x * cos + swap_pairs(x) * sin` — full-width elementwise ops with no
+    broadcasting trick or size-1 axis left for the exporter to squeeze.
     """
     if dim % 4 != 0:
         raise ValueError(f"RoPE dim must be a multiple of 4, got {dim}")
@@ -56,17 +58,19 @@ def axial_rope_tables(
     t = torch.arange(end_x * end_y, dtype=torch.float32)
     t_x = t % end_x
     t_y = torch.div(t, end_x, rounding_mode="floor")
-    angles = torch.cat((torch.outer(t_x, freqs), torch.outer(t_y, freqs)), dim=-1)
-    return angles.cos(), angles.sin()
+    angles = torch.cat((torch.outer(t_x, freqs), torch.outer(t_y, freqs)), dim=-1)  # [N, dim/2]
+    cos = angles.cos().repeat_interleave(2, dim=-1)
+    sin = torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
+    return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of `x` [..., N, dim] by the angles of `cos`/`sin`.
+    """Rotate channel pairs (x[2i], x[2i+1]) of `x` [..., N, dim] by the tables of `axial_rope_tables`.
 
-    `cos`/`sin` are [N, dim/2] (or anything broadcasting to x's [..., N, dim/2]). Equal to the reference
-    `apply_rotary_enc`, which multiplies the pairs viewed as complex numbers by exp(i*angle).
+    Equal to the reference `apply_rotary_enc` (pairs viewed as complex numbers times exp(i*angle)) with the
+    same products summed in the same order. The pair swap uses slices and a concat, which XNNPACK delegates,
+    rather than `unbind` (its squeezes are left to the portable kernels).
     """
     pairs = x.reshape(*x.shape[:-1], -1, 2)
-    real, imag = pairs.unbind(-1)
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2)
+    swapped = torch.cat((pairs[..., 1:], pairs[..., :1]), dim=-1).reshape(x.shape)
+    return x * cos + swapped * sin
