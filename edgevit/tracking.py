@@ -13,16 +13,22 @@ def eager_tracker(model) -> Tracker:
     return Tracker(model.cfg, {name: unit.run_eager for name, unit in units.items()})
 
 
-def make_tracker(model_name: str, variant: str | None, checkpoint: Path | None, bundle: Path | None,
-                 target: str | None) -> tuple[Tracker, dict]:
+def make_tracker(
+    model_name: str, variant: str | None, checkpoint: Path | None, bundle: Path | None, target: str | None
+) -> tuple[Tracker, dict]:
     from edgevit.models import create, resolve
 
     if bundle is not None:
-        raise EdgevitError("--bundle tracking needs a converted bundle; `edgevit convert` is not available yet")
+        raise EdgevitError(
+            "--bundle tracking needs a converted bundle; `edgevit convert` is not available yet"
+        )
     fam, variant = resolve(model_name, variant)
     if fam.name != "efficienttam":
         raise EdgevitError(f"model {fam.name!r} does not track video; use efficienttam")
     model = create(fam.name, variant, checkpoint=checkpoint)
-    source = {"model": f"{fam.name}_{variant}", "runtime": "eager torch",
-              "weights": "checkpoint" if checkpoint else "random"}
+    source = {
+        "model": f"{fam.name}_{variant}",
+        "runtime": "eager torch",
+        "weights": "checkpoint" if checkpoint else "random",
+    }
     return eager_tracker(model), source

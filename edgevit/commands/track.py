@@ -41,9 +41,21 @@ def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def track(video: str, points: list[str], neg_points: list[str], box: str | None, model_name: str,
-          variant: str | None, checkpoint: Path | None, bundle: Path | None, target: str | None, out: Path,
-          max_frames: int | None, force: bool, as_json: bool) -> None:
+def track(
+    video: str,
+    points: list[str],
+    neg_points: list[str],
+    box: str | None,
+    model_name: str,
+    variant: str | None,
+    checkpoint: Path | None,
+    bundle: Path | None,
+    target: str | None,
+    out: Path,
+    max_frames: int | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     import cv2
     from rich.console import Console
     from rich.progress import Progress
@@ -65,17 +77,23 @@ def track(video: str, points: list[str], neg_points: list[str], box: str | None,
     tracker, source = make_tracker(model_name, variant, checkpoint, bundle, target)
     prompt.validate(width, height, tracker.cfg.max_points)
     if source["weights"] == "random":
-        console.print("[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]")
+        console.print(
+            "[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]"
+        )
     total = min(count, max_frames) if max_frames else count
     areas, times = [], []
     with atomic_dir(out, force) as tmp:
-        writer = cv2.VideoWriter(str(tmp / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        writer = cv2.VideoWriter(
+            str(tmp / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+        )
         try:
             with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
                 task = progress.add_task(f"tracking {path.name}", total=total)
                 frames = list(read_frames(path, total))
                 t0 = time.perf_counter()
-                for result, frame in zip(tracker.track(frames, prompt, num_frames=len(frames)), frames, strict=True):
+                for result, frame in zip(
+                    tracker.track(frames, prompt, num_frames=len(frames)), frames, strict=True
+                ):
                     times.append(time.perf_counter() - t0)
                     mask = result.mask
                     cv2.imwrite(str(tmp / f"{result.index:05d}.png"), mask.astype(np.uint8) * 255)
@@ -86,12 +104,17 @@ def track(video: str, points: list[str], neg_points: list[str], box: str | None,
         finally:
             writer.release()
     summary = {
-        "video": str(path), "frames": len(areas), "out": str(out), **source,
+        "video": str(path),
+        "frames": len(areas),
+        "out": str(out),
+        **source,
         "mask_area_fraction": [round(a, 4) for a in areas],
         "median_ms_per_frame": round(1000 * float(np.median(times)), 1) if times else None,
     }
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        console.print(f"wrote {len(areas)} masks and overlay.mp4 to {out} "
-                      f"({summary['median_ms_per_frame']} ms/frame median, {source['runtime']})")
+        console.print(
+            f"wrote {len(areas)} masks and overlay.mp4 to {out} "
+            f"({summary['median_ms_per_frame']} ms/frame median, {source['runtime']})"
+        )

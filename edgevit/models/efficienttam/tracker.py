@@ -39,17 +39,25 @@ class Prompt:
         if self.mask is not None and (self.points or self.box is not None):
             raise EdgevitError("a mask prompt cannot be combined with points or a box; give one kind")
         if len(self.labels) != len(self.points):
-            raise EdgevitError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point")
+            raise EdgevitError(
+                f"{len(self.points)} points but {len(self.labels)} labels; give one label per point"
+            )
         corners = [(self.box[0], self.box[1]), (self.box[2], self.box[3])] if self.box is not None else []
         for x, y in list(self.points) + corners:
             if not (0 <= x < width and 0 <= y < height):
-                raise EdgevitError(f"point ({x:g},{y:g}) is outside the {width}x{height} frame; use 0<=x<{width}, 0<=y<{height}")
+                raise EdgevitError(
+                    f"point ({x:g},{y:g}) is outside the {width}x{height} frame; use 0<=x<{width}, 0<=y<{height}"
+                )
         used = len(self.points) + len(corners) + 1  # + the decoder's padding point
         if used > max_points:
-            raise EdgevitError(f"{used - 1} prompt points exceed the model's {max_points - 1} prompt slots; give fewer")
+            raise EdgevitError(
+                f"{used - 1} prompt points exceed the model's {max_points - 1} prompt slots; give fewer"
+            )
         if self.mask is not None:
             if self.mask.shape != (height, width):
-                raise EdgevitError(f"mask prompt is {self.mask.shape[1]}x{self.mask.shape[0]}, the video {width}x{height}")
+                raise EdgevitError(
+                    f"mask prompt is {self.mask.shape[1]}x{self.mask.shape[0]}, the video {width}x{height}"
+                )
             if not self.mask.any():
                 raise EdgevitError("mask prompt is empty; give a mask with at least one foreground pixel")
 
@@ -85,7 +93,9 @@ class Tracker:
         img = Image.fromarray(frame).convert("RGB").resize((s, s))
         return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
-    def _prompt_slots(self, prompt: Prompt | None, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _prompt_slots(
+        self, prompt: Prompt | None, width: int, height: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Fill the decoder's fixed slots the way the official predictor orders its tokens."""
         pts: list[tuple[float, float]] = []
         labels: list[float] = []
@@ -109,14 +119,28 @@ class Tracker:
         lab[0, len(labels)] = -1.0  # the prompt encoder's own padding point
         return coords, lab, num_points
 
-    def _decode(self, feats: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, mask_prompt: torch.Tensor,
-                mask_weight: float, multimask: bool):
+    def _decode(
+        self,
+        feats: torch.Tensor,
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_prompt: torch.Tensor,
+        mask_weight: float,
+        multimask: bool,
+    ):
         masks, ious, obj_ptrs, score = self.run["prompt_mask_decoder"](
             feats, coords, labels, mask_prompt, torch.tensor([mask_weight])
         )
         # the unit already projected each token to a pointer, so "choose the token" chooses the pointer
-        out = select_mask(masks, ious, obj_ptrs, score, multimask, self.cfg.dynamic_multimask_stability_delta,
-                          self.cfg.dynamic_multimask_stability_thresh)
+        out = select_mask(
+            masks,
+            ious,
+            obj_ptrs,
+            score,
+            multimask,
+            self.cfg.dynamic_multimask_stability_delta,
+            self.cfg.dynamic_multimask_stability_thresh,
+        )
         return out.low_res_masks, out.output_token, out.object_score_logits
 
     def _bank(self, frame: int, cond: tuple[int, _Memory], past: dict[int, _Memory], num_frames: int | None):
@@ -143,11 +167,15 @@ class Tracker:
                 ptrs[t_diff], ptr_valid[t_diff] = prev.obj_ptr[0], 1.0
         return memory, memory_valid, ptrs, ptr_valid
 
-    def _remember(self, feats: torch.Tensor, low_res: torch.Tensor, obj_ptr: torch.Tensor, binarize: bool) -> _Memory:
+    def _remember(
+        self, feats: torch.Tensor, low_res: torch.Tensor, obj_ptr: torch.Tensor, binarize: bool
+    ) -> _Memory:
         (mem,) = self.run["memory_encoder"](feats, low_res, torch.tensor([1.0 if binarize else 0.0]))
         return _Memory(mem.to(torch.bfloat16).to(torch.float32), obj_ptr)
 
-    def track(self, frames: Iterable[np.ndarray], prompt: Prompt, num_frames: int | None = None) -> Iterator[FrameResult]:
+    def track(
+        self, frames: Iterable[np.ndarray], prompt: Prompt, num_frames: int | None = None
+    ) -> Iterator[FrameResult]:
         """Yield one result per frame; the prompt applies to the first frame."""
         cfg = self.cfg
         s = cfg.image_size
@@ -166,14 +194,17 @@ class Tracker:
                     coords, labels, n = self._prompt_slots(prompt, width, height)
                     no_memory = self._empty_bank()
                     (cond_feats,) = self.run["memory_attention"](feats, *no_memory)
-                    low_res, obj_ptr, score = self._decode(cond_feats, coords, labels, empty_mask, 0.0,
-                                                           use_multimask(True, n))
+                    low_res, obj_ptr, score = self._decode(
+                        cond_feats, coords, labels, empty_mask, 0.0, use_multimask(True, n)
+                    )
                 cond = (idx, self._remember(feats, low_res, obj_ptr, binarize=True))
             else:
                 bank = self._bank(idx, cond, past, num_frames)
                 (cond_feats,) = self.run["memory_attention"](feats, *bank)
                 coords, labels, n = self._prompt_slots(None, width, height)
-                low_res, obj_ptr, score = self._decode(cond_feats, coords, labels, empty_mask, 0.0, use_multimask(False, n))
+                low_res, obj_ptr, score = self._decode(
+                    cond_feats, coords, labels, empty_mask, 0.0, use_multimask(False, n)
+                )
                 past[idx] = self._remember(feats, low_res, obj_ptr, binarize=False)
                 past.pop(idx - keep, None)
             video_res = F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
@@ -197,7 +228,9 @@ class Tracker:
             m = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
             m = (m >= 0.5).float()
         high = m * 20.0 - 10.0
-        low_res = F.interpolate(high, size=(s // 4, s // 4), mode="bilinear", align_corners=False, antialias=True)
+        low_res = F.interpolate(
+            high, size=(s // 4, s // 4), mode="bilinear", align_corners=False, antialias=True
+        )
         coords, labels, _ = self._prompt_slots(None, width, height)
         _, obj_ptr, _ = self._decode(feats, coords, labels, m, 1.0, multimask=False)
         return low_res, obj_ptr, torch.tensor([[10.0]])

@@ -49,7 +49,9 @@ class MemoryAttentionUnit(nn.Module):
         hw = cfg.feat_size * cfg.feat_size
         curr_pos = model.image_encoder.vision_pos_enc.flatten(2).transpose(1, 2)  # [1,HW,256]
         self.register_buffer("curr_pos", curr_pos.detach().clone(), persistent=False)
-        self.register_buffer("no_mem_embed", model.no_mem_embed.detach().reshape(1, -1, 1, 1).clone(), persistent=False)
+        self.register_buffer(
+            "no_mem_embed", model.no_mem_embed.detach().reshape(1, -1, 1, 1).clone(), persistent=False
+        )
         spatial = model.memory_encoder.vision_pos_enc.flatten(2).transpose(1, 2)  # [1,HW,64]
         # official: maskmem_tpos_enc[num_maskmem - t_pos - 1] for a memory at temporal position t_pos
         tpos = model.maskmem_tpos_enc.detach().flip(0).reshape(cfg.num_maskmem, 1, cfg.mem_dim)
@@ -132,7 +134,9 @@ class MemoryEncoderUnit(nn.Module):
         mask_logits: torch.Tensor,  # [1,1,4h,4w] chosen low-res mask logits
         binarize: torch.Tensor,  # [1] 1.0 on prompted frames (official: binarize clicks), else 0.0
     ) -> torch.Tensor:
-        high = F.interpolate(mask_logits, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        high = F.interpolate(
+            mask_logits, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
         prob = binarize * (high > 0).to(high.dtype) + (1.0 - binarize) * torch.sigmoid(high)
         return self.encoder(features, prob * self.scale + self.bias)
 
@@ -155,16 +159,24 @@ def build_units(model: nn.Module) -> list[DeployUnit]:
     low_res = torch.randn(1, 1, lo, lo, generator=g)
     binarize = torch.zeros(1)
     return [
-        DeployUnit("image_encoder", ImageEncoderUnit(model).eval(), (image,), ("image",), ("features",),
-                   {"image": "RGB, float32 0..255, resized to the model's square input"}),
+        DeployUnit(
+            "image_encoder",
+            ImageEncoderUnit(model).eval(),
+            (image,),
+            ("image",),
+            ("features",),
+            {"image": "RGB, float32 0..255, resized to the model's square input"},
+        ),
         DeployUnit(
             "memory_attention",
             MemoryAttentionUnit(model).eval(),
             (feats, memory, memory_valid, ptrs, ptr_valid),
             ("features", "memory", "memory_valid", "obj_ptrs", "ptr_valid"),
             ("conditioned_features",),
-            {"memory": "slot i = temporal position i (0: prompted frame); store slots as bfloat16 like the "
-             "official predictor"},
+            {
+                "memory": "slot i = temporal position i (0: prompted frame); store slots as bfloat16 like the "
+                "official predictor"
+            },
         ),
         DeployUnit(
             "prompt_mask_decoder",

@@ -12,7 +12,10 @@ import copy
 import pytest
 import torch
 
-sam2 = pytest.importorskip("sam2", reason="reference EfficientTAM not installed (pip install --no-deps efficient-track-anything==1.0)")
+sam2 = pytest.importorskip(
+    "sam2",
+    reason="reference EfficientTAM not installed (pip install --no-deps efficient-track-anything==1.0)",
+)
 
 # efficienttam_{ti,s}[_512x512].yaml differ only in these three numbers.
 TRUNK = {"ti": (192, 3), "s": (384, 6)}
