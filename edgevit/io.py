@@ -11,12 +11,17 @@ from pathlib import Path
 from edgevit.errors import EdgevitError
 
 
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing output before any slow work starts."""
+    if Path(out).exists() and not force:
+        raise EdgevitError(f"{out} already exists; pass --force to replace it or choose another --out")
+
+
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `out`; on success it replaces `out`, on any error it is removed."""
     out = Path(out)
-    if out.exists() and not force:
-        raise EdgevitError(f"{out} already exists; pass --force to replace it or choose another --out")
+    check_out(out, force)
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -61,11 +61,12 @@ def track(
     from rich.progress import Progress
 
     from edgevit.data.video import read_frames, video_info
-    from edgevit.io import atomic_dir
+    from edgevit.io import atomic_dir, check_out
     from edgevit.models.efficienttam.tracker import Prompt
     from edgevit.tracking import make_tracker
 
     console = Console(stderr=True)
+    check_out(out, force)
     path = resolve_video(video)
     count, width, height, fps = video_info(path)
     clicks = [parse_xy(p, "--point") for p in points] + [parse_xy(p, "--neg-point") for p in neg_points]

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from converters import convert, load_runner
+
+from .checks import assert_artifact, assert_parity, assert_runner_order
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory, vit_unit, cross_unit, fresh_inputs):
+    out = tmp_path_factory.mktemp("onnx")
+    units = (vit_unit, cross_unit)
+    return out, {u.name: convert(u, "onnx", "fp32", out, parity_inputs=fresh_inputs[u.name]) for u in units}
+
+
+def test_vit_artifact_matches_eager(arts, vit_unit):
+    art = arts[1]["tiny_vit"]
+    assert_artifact(art, vit_unit, "onnx", "fp32", "onnxruntime")
+    assert_parity(art, vit_unit, min_db=100, max_diff=1e-5)
+    assert art.path.suffix == ".onnx" and art.facts["opset"] >= 18
+    assert {"Conv", "MatMul", "Softmax"} <= set(art.facts["onnx_ops"])
+
+
+def test_two_in_two_out_names_and_order(arts, cross_unit, fresh_inputs):
+    art = arts[1]["cross"]
+    assert_artifact(art, cross_unit, "onnx", "fp32", "onnxruntime")
+    assert_parity(art, cross_unit, min_db=100, max_diff=1e-5)
+    assert_runner_order(art, cross_unit, fresh_inputs["cross"])
+
+
+def test_runner_states_threads_and_leaves_only_artifacts(arts):
+    out, by_unit = arts
+    assert load_runner("onnx", by_unit["tiny_vit"].path, num_threads=2).num_threads == 2
+    assert sorted(p.name for p in out.iterdir()) == ["cross.fp32.onnx", "tiny_vit.fp32.onnx"]
