@@ -54,12 +54,13 @@ class Artifact:
     size_bytes: int
     sha256: str
     versions: dict[str, str]
+    # Lowering, writing and validating the file (loading it back); parity is not included.
     conversion_seconds: float
     parity: dict[str, OutputParity] | None = None
     parity_note: str | None = None
     # The SQNR floor the parity figures were held to, so a reader knows what "passed" meant.
     min_sqnr_db: float | None = None
-    # Backend-specific findings: ExecuTorch delegation report, Core ML MIL op/precision summary, ONNX op counts.
+    # Backend-specific findings: ExecuTorch delegation report, Core ML MIL op/precision summary, op counts.
     facts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def convert(
     `parity_inputs` (tensors in the unit's input order) or the unit's example inputs; the SQNR floor is
     `min_sqnr_db` or the precision's default from `converters.parity.MIN_SQNR_DB`.
     """
-    from converters import parity  # parity imports runtime, which imports this module
+    from converters import parity  # parity imports this module, so not at the top
 
     module = target_module(target)
     precision = precision or module.PRECISIONS[0]
@@ -130,21 +130,26 @@ def lowering_error(exc: BaseException, unit: DeployUnit, target: str) -> Convers
 
     Backends word this differently (Core ML "Unsupported fx node X", ExecuTorch "<EdgeOpOverload: X>", the
     torch.fx interpreter "target=torch.ops.X"), so the op is fished out with a few patterns; without one the
-    backend's first line is kept.
+    backend's first line is kept. The reason shown is the innermost cause's, because exporters wrap the real
+    complaint ("only 4D query, key, and value are supported") in generic "conversion failed" layers.
     """
-    text = str(exc)
-    op = _op_named_in(text)
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    op = _op_named_in("\n".join(_ANSI.sub("", str(e)) for e in chain))
     fallback = target_module(target).FALLBACK
-    first = _first_line(text) or type(exc).__name__
+    root = next((e for e in reversed(chain) if str(e).strip()), exc)
+    first = _first_line(_ANSI.sub("", str(root))) or type(root).__name__
     if op:
         return ConversionError(
             f"{target} cannot lower op {op!r} in unit {unit.name!r} ({first}); try --target {fallback}"
         )
     return ConversionError(
-        f"{target} failed to convert unit {unit.name!r}: {type(exc).__name__}: {first}; try --target {fallback}"
+        f"{target} failed to convert unit {unit.name!r}: {type(root).__name__}: {first}; try --target {fallback}"
     )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _OP_PATTERNS = (
     re.compile(r"Unsupported fx node (\w+)"),
     re.compile(r"convert function for op '(\w+)' not implemented"),

@@ -35,8 +35,8 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
     weight_bytes = sum(t.numel() * t.element_size() for t in (*unit.module.parameters(), *unit.module.buffers()))
     if weight_bytes >= _PROTOBUF_LIMIT:
         raise ConversionError(
-            f"onnx: unit {unit.name!r} holds {weight_bytes / 2**30:.1f} GiB of weights, over the 2 GiB a single "
-            "ONNX file can hold; split the unit or quantise it first"
+            f"onnx: unit {unit.name!r} holds {weight_bytes / 2**30:.1f} GiB of weights, over the 2 GiB "
+            "a single ONNX file can hold; split the unit or quantise it first"
         )
     torch.onnx.export(
         unit.module,
@@ -67,4 +67,3 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
 def load_runner(path: Path, num_threads: int | None = None) -> OnnxRuntimeRunner:
     """onnxruntime session for `path`; see `converters.runtime.OnnxRuntimeRunner`."""
     return OnnxRuntimeRunner(path, num_threads)
-

@@ -56,7 +56,7 @@ def _prepare(inputs: tuple[np.ndarray, ...], specs: tuple[TensorSpec, ...]) -> l
     out = []
     for x, spec in zip(inputs, specs, strict=True):
         x = np.ascontiguousarray(x, dtype=spec.dtype)
-        if len(x.shape) != len(spec.shape) or any(d >= 0 and d != n for d, n in zip(spec.shape, x.shape)):
+        if len(x.shape) != len(spec.shape) or any(d >= 0 and d != n for d, n in zip(spec.shape, x.shape, strict=True)):
             raise ValueError(f"input {spec.name!r}: shape {x.shape}, artifact expects {spec.shape}")
         out.append(x)
     return out
@@ -141,9 +141,7 @@ class ExecuTorchRunner:
         program = Runtime.get().load_program(Path(path))
         meta = program.metadata("forward")
         self.inputs = tuple(_et_spec(f"input_{i}", meta.input_tensor_meta(i)) for i in range(meta.num_inputs()))
-        self.outputs = tuple(
-            _et_spec(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())
-        )
+        self.outputs = tuple(_et_spec(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs()))
         self._method = program.load_method("forward")
         self._from_numpy = torch.from_numpy
 
@@ -176,10 +174,12 @@ class LiteRTRunner:
         signatures = self._interp.get_signature_list()
         if len(signatures) != 1:
             raise ValueError(f"expected one signature in {path}, found {sorted(signatures)}")
+        self._interp.allocate_tensors()
         sig = self._interp.get_signature_runner()
         in_names = {d["index"]: name for name, d in sig.get_input_details().items()}
         out_names = {d["index"]: name for name, d in sig.get_output_details().items()}
-        self._interp.allocate_tensors()
+        # A live signature runner holds a reference the interpreter counts as "unsafe to invoke".
+        del sig
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
         self.inputs = tuple(_litert_spec(in_names[d["index"]], d) for d in in_details)

@@ -82,6 +82,40 @@ def track_cmd(
     )
 
 
+@app.command("convert")
+def convert_cmd(
+    model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")] = "efficienttam",
+    variant: Annotated[str | None, typer.Option(help="Variant of the model (default: the family's default).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt) to load strictly.")] = None,
+    target: Annotated[str, typer.Option(help="coreml, tflite, executorch, onnx or all.")] = "all",
+    precision: Annotated[str | None, typer.Option(help="fp32 or fp16 (default: each target's own).")] = None,
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest.json + artifacts).")] = Path("bundle"),
+    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Convert every deploy unit of a model into a verified bundle (parity checked where a runtime exists).
+
+    Example: edgevit convert --model efficienttam --variant ti_512 --target coreml --out bundle/
+    """
+    from edgevit.commands.convert import convert
+
+    convert(model, variant, checkpoint, target, precision, out, force, as_json)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `edgevit convert`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show a bundle: units x targets with size, precision and parity.
+
+    Example: edgevit inspect bundle/ --json
+    """
+    from edgevit.commands.inspect import inspect
+
+    inspect(bundle, as_json)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     from edgevit.errors import EdgevitError
@@ -92,11 +126,14 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except Exception as exc:
-        name = type(exc).__name__
-        if name in {"ConversionError", "QuantError"}:  # the leaves' user errors (they cannot import edgevit)
+        import click
+
+        from converters.base import ConversionError  # the leaves' user errors (they cannot import edgevit)
+        from quant.errors import QuantError
+
+        if isinstance(exc, ConversionError | QuantError):
             typer.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        import click
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

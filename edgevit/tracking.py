@@ -5,12 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
-from edgevit.models.efficienttam.tracker import Tracker
+from edgevit.models.efficienttam.tracker import UNIT_NAMES, Tracker
 
 
 def eager_tracker(model) -> Tracker:
     units = {u.name: u for u in model.deploy_units()}
     return Tracker(model.cfg, {name: unit.run_eager for name, unit in units.items()})
+
+
+def bundle_tracker(bundle: Path, target: str | None) -> tuple[Tracker, dict]:
+    """Drive a converted bundle's units: the same loop, another runtime, so masks can be compared."""
+    from edgevit.bundle import artifact_for, read_manifest, unit_runner
+    from edgevit.models.efficienttam.config import EfficientTAMConfig
+
+    manifest = read_manifest(bundle)
+    model = manifest["model"]
+    if model["name"] != "efficienttam" or not model.get("config"):
+        raise EdgevitError(f"bundle {bundle} holds {model['name']!r}, which does not track video; convert efficienttam")
+    cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in model["config"].items()}
+    cfg = EfficientTAMConfig(**cfg_dict)
+    arts = {name: artifact_for(manifest, name, target) for name in UNIT_NAMES}
+    runners = {name: unit_runner(bundle, art) for name, art in arts.items()}
+    targets = sorted({a["target"] for a in arts.values()})
+    source = {"model": f"{model['name']}_{model['variant']}", "runtime": "+".join(targets),
+              "weights": manifest["weights"]["source"]}
+    return Tracker(cfg, runners), source
 
 
 def make_tracker(

@@ -97,6 +97,5 @@ def fresh_inputs(vit_unit: DeployUnit, cross_unit: DeployUnit) -> dict[str, tupl
     """Inputs other than the example ones, so parity proves the artifact is not specialised to them."""
     g = torch.Generator().manual_seed(42)
     return {
-        u.name: tuple(torch.randn(x.shape, generator=g) * 2.0 for x in u.example_inputs)
-        for u in (vit_unit, cross_unit)
+        u.name: tuple(torch.randn(x.shape, generator=g) * 2.0 for x in u.example_inputs) for u in (vit_unit, cross_unit)
     }

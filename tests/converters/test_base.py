@@ -110,8 +110,7 @@ def test_lowering_error_without_an_op_keeps_the_root_cause(cross_unit):
     except RuntimeError as exc:
         err = lowering_error(exc, cross_unit, "tflite")
     assert str(err) == (
-        "tflite failed to convert unit 'cross': ValueError: shape mismatch deep inside; "
-        "try --target executorch"
+        "tflite failed to convert unit 'cross': ValueError: shape mismatch deep inside; try --target executorch"
     )
 
 

@@ -27,6 +27,8 @@ def test_fp32_matches_eager_and_reports_delegation(arts, vit_unit):
     assert facts["delegated_subgraphs"] >= 1 and facts["delegated_nodes"] > 0
     assert facts["undelegated_nodes"] == sum(facts["undelegated_ops"].values())
     assert "getitem" not in facts["undelegated_ops"]
+    # Unmasked SDPA is lowered with plain softmax: none of the safe-softmax guard ops remain.
+    assert not {"aten_any_dim", "aten_where_self", "aten_logical_not_default"} & set(facts["undelegated_ops"])
 
 
 def test_fp16_keeps_fp32_io_and_half_precision_parity(arts, vit_unit):
@@ -49,3 +51,20 @@ def test_fp16_keeps_wide_layer_norm_in_fp32(tmp_path):
     unit = DeployUnit("ln", nn.LayerNorm(384).eval(), (torch.randn(1, 196, 384),), ("x",), ("y",))
     art = convert(unit, "executorch", "fp16", tmp_path)
     assert art.parity["y"].sqnr_db > 60
+
+
+class _MaskedAttend(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.rand(6, 6) > 0.3)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=self.mask)
+
+
+def test_masked_attention_keeps_the_safe_softmax(tmp_path):
+    torch.manual_seed(0)
+    unit = DeployUnit("masked", _MaskedAttend().eval(), (torch.randn(1, 2, 6, 8),), ("q",), ("y",))
+    art = convert(unit, "executorch", "fp32", tmp_path)
+    assert art.parity["y"].sqnr_db > 100
+    assert "aten_where_self" in art.facts["undelegated_ops"]

@@ -48,7 +48,8 @@ class MemoryAttentionUnit(nn.Module):
         self.num_maskmem, self.max_obj_ptrs = cfg.num_maskmem, cfg.max_obj_ptrs
         hw = cfg.feat_size * cfg.feat_size
         curr_pos = model.image_encoder.vision_pos_enc.flatten(2).transpose(1, 2)  # [1,HW,256]
-        self.register_buffer("curr_pos", curr_pos.detach().clone(), persistent=False)
+        # contiguous: ExecuTorch mis-handles strided constants (wrong numbers or a lowering error)
+        self.register_buffer("curr_pos", curr_pos.detach().contiguous(), persistent=False)
         self.register_buffer(
             "no_mem_embed", model.no_mem_embed.detach().reshape(1, -1, 1, 1).clone(), persistent=False
         )

@@ -1,0 +1,143 @@
+"""ExecuTorch: torch.export → XNNPACK partitioner → .pte, with a report of what XNNPACK did not take.
+
+Anything the partitioner leaves out runs on ExecuTorch's portable (reference) kernels and splits the graph
+into several delegate calls; on a ViT that is the usual reason a .pte is slower than expected, so the
+report lists the op kinds left out and the number of delegated subgraphs.
+
+Unmasked scaled_dot_product_attention is decomposed here into matmul → softmax → matmul before ExecuTorch
+sees it: ExecuTorch's own decomposition uses the "safe" softmax, which guards fully-masked rows with
+eq/logical_not/any/where/full_like over the whole attention matrix — ops XNNPACK does not take, so every
+attention block left five portable-kernel passes over an N×N tensor and split the graph (ViT-S/16 on this
+CPU: 71 → 51 ms). Without a mask no row can be fully masked, so plain softmax is exactly equivalent; a
+masked or causal call keeps the safe decomposition.
+
+fp16 runs the module in half precision (XNNPACK has fp16 kernels for the ops it delegates) but keeps the
+artifact's inputs and outputs fp32, casting at the edges: Java/Kotlin and Swift apps have no convenient
+half-float arrays, and the casts cost nothing next to the model. LayerNorm/GroupNorm modules stay fp32:
+ExecuTorch 1.5.1's (undelegated) fp16 layer_norm kernel is wrong for rows of 256+ elements (measured: SQNR
+-6 to 5 dB at 256-768 vs 71 dB at <=192; a ViT-S/16 comes out at 1.7 dB), and XNNPACK does not take
+layer_norm at any precision, so computing it in fp32 costs two casts per norm. A norm written with
+F.layer_norm in model code is not caught by this; the parity gate is what stops such an artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from converters.artifact import TensorSpec
+from converters.base import TargetResult
+from converters.runtime import ExecuTorchRunner
+from converters.unit import DeployUnit
+
+SUFFIX = ".pte"
+PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("executorch",)
+FALLBACK = "onnx"
+
+# Bookkeeping nodes the delegation report counts but which are not computation.
+_NOT_OPS = {"getitem"}
+
+
+_FP32_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+class _Fp32Norm(nn.Module):
+    """A normalisation layer kept in fp32 inside a half-precision model."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+def _sdpa_plain_softmax(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+        return NotImplemented  # keeps the op, and with it ExecuTorch's safe-softmax decomposition
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
+
+
+class _HalfCompute(nn.Module):
+    """Runs a half-precision copy of `module` (norms excepted) behind fp32 inputs and outputs."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        half = copy.deepcopy(module).half()
+        for name, orig in module.named_modules():
+            if not isinstance(orig, _FP32_NORMS):
+                continue
+            kept = _Fp32Norm(copy.deepcopy(orig))  # from the fp32 original: no round trip through fp16
+            if not name:
+                half = kept
+                break
+            parent, _, attr = name.rpartition(".")
+            setattr(half.get_submodule(parent), attr, kept)
+        self.module = half
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(*(x.half() if x.is_floating_point() else x for x in inputs))
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.float() if o.is_floating_point() else o for o in out)
+
+
+def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
+    """Lower with `to_edge_transform_and_lower` and write the .pte; the program is then loaded by the
+    ExecuTorch runtime to prove it loads and to read its real input/output signature."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    module = unit.module if precision == "fp32" else _HalfCompute(unit.module)
+    exported = torch.export.export(module, unit.example_inputs, strict=False).run_decompositions(
+        {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_plain_softmax}
+    )
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    program = edge.to_executorch()
+    with path.open("wb") as fh:
+        program.write_to_file(fh)
+
+    runner = ExecuTorchRunner(path)
+    undelegated = {
+        op: b.non_delegated
+        for op, b in sorted(info.delegation_by_operator.items())
+        if b.non_delegated and op not in _NOT_OPS
+    }
+    return TargetResult(
+        inputs=_named(runner.inputs, unit.input_names),
+        outputs=_named(runner.outputs, unit.output_names),
+        facts={
+            "delegate": "XnnpackBackend",
+            "delegated_subgraphs": info.num_delegated_subgraphs,
+            "delegated_nodes": info.num_delegated_nodes,
+            "undelegated_nodes": sum(undelegated.values()),
+            "undelegated_ops": undelegated,
+        },
+    )
+
+
+def _named(specs: tuple[TensorSpec, ...], names: tuple[str, ...]) -> tuple[TensorSpec, ...]:
+    """Give the .pte's positional tensors the unit's names (a count mismatch is left to the name check)."""
+    if len(specs) != len(names):
+        return specs
+    return tuple(TensorSpec(n, s.shape, s.dtype) for s, n in zip(specs, names, strict=True))
+
+
+def load_runner(path: Path, num_threads: int | None = None) -> ExecuTorchRunner:
+    """ExecuTorch runtime for `path`; see `converters.runtime.ExecuTorchRunner`."""
+    return ExecuTorchRunner(path, num_threads)

@@ -1,0 +1,75 @@
+"""TFLite / LiteRT: `litert_torch.convert(...).export(path)`, loaded back by the LiteRT interpreter.
+
+fp16 means fp16 *weights* (litert-torch's `full_fp16_recipe`, AI Edge Quantizer's float-casting): the file
+halves and the CPU upcasts weights to fp32 once at load, while a GPU delegate may compute in fp16. Inputs and
+outputs stay fp32 either way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from converters.base import TargetResult
+from converters.runtime import LiteRTRunner
+from converters.unit import DeployUnit
+
+SUFFIX = ".tflite"
+PRECISIONS = ("fp32", "fp16")
+BACKENDS = ("litert-torch", "ai-edge-litert")
+FALLBACK = "executorch"
+
+
+class _Named(nn.Module):
+    """Takes inputs by keyword and returns outputs in a dict, which is how litert-torch names a signature's
+    tensors (positional arguments would come out as args_0, args_1, ...)."""
+
+    def __init__(self, module: nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.module = module
+        self.input_names = input_names
+        self.output_names = output_names
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.module(*(inputs[n] for n in self.input_names))
+        return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,), strict=True))
+
+
+def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
+    """Convert and export, then load the file in the LiteRT interpreter to prove it loads and to read its
+    real signature (LiteRT narrows int64 inputs to int32, and the record should say so)."""
+    import litert_torch
+
+    quant_config = None
+    if precision == "fp16":
+        from litert_torch.generative.quantize import quant_recipes
+
+        quant_config = quant_recipes.full_fp16_recipe()
+    named = _Named(unit.module, unit.input_names, unit.output_names).eval()
+    model = litert_torch.convert(
+        named,
+        sample_kwargs=dict(zip(unit.input_names, unit.example_inputs, strict=True)),
+        quant_config=quant_config,
+    )
+    model.export(str(path))
+
+    runner = LiteRTRunner(path, num_threads=1)
+    ops = Counter(_op_names(runner))
+    return TargetResult(
+        inputs=runner.inputs,
+        outputs=runner.outputs,
+        facts={"tflite_ops": dict(ops.most_common()), "tflite_op_count": sum(ops.values())},
+    )
+
+
+def _op_names(runner: LiteRTRunner) -> list[str]:
+    # The interpreter's op listing reflects the flatbuffer's operators before delegation.
+    return [op["op_name"] for op in runner._interp._get_ops_details()]
+
+
+def load_runner(path: Path, num_threads: int | None = None) -> LiteRTRunner:
+    """LiteRT interpreter for `path`; see `converters.runtime.LiteRTRunner`."""
+    return LiteRTRunner(path, num_threads)

@@ -1,0 +1,130 @@
+"""The bundle: a folder of artifacts plus `manifest.json`, the contract between Python and apps/runners.
+
+Apps and benchmark runners read only the manifest (schema-versioned, plain JSON) and the files it names;
+they never import model code. A bundle is built in a temporary folder and renamed into place when every
+artifact has converted and passed its parity check, so a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgevit.errors import EdgevitError
+from edgevit.io import atomic_dir
+
+SCHEMA = "edgevit.bundle"
+SCHEMA_VERSION = 1
+ALL_TARGETS = ("onnx", "executorch", "tflite", "coreml")
+
+
+def resolve_targets(target: str) -> tuple[str, ...]:
+    if target == "all":
+        return ALL_TARGETS
+    if target not in ALL_TARGETS:
+        raise EdgevitError(f"unknown target {target!r}; valid targets: {', '.join(ALL_TARGETS)}, all")
+    return (target,)
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any] | None:
+    cfg = getattr(model, "cfg", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+
+
+def write_bundle(
+    model: nn.Module,
+    targets: Sequence[str],
+    precision: str | None,
+    out: Path,
+    force: bool = False,
+    on_artifact: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Convert every deploy unit of `model` for every target into `out`; returns the manifest."""
+    from converters.base import convert
+
+    units = model.deploy_units()
+    artifacts = []
+    with atomic_dir(out, force) as tmp:
+        for target in targets:
+            for unit in units:
+                if on_artifact is not None:
+                    on_artifact(unit.name, target)
+                art = convert(unit, target, precision, tmp / target)
+                entry = art.to_dict()
+                entry["path"] = str(Path(target) / Path(art.path).name)
+                artifacts.append(entry)
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model": {**model.spec.to_dict(), "config": _config_dict(model)},
+            "weights": {
+                "source": "checkpoint" if getattr(model, "checkpoint_sha256", None) else "random",
+                "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
+            },
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "machine": {"system": platform.system(), "machine": platform.machine()},
+            "units": [
+                {
+                    "name": u.name,
+                    "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+                               for n, x in zip(u.input_names, u.example_inputs, strict=True)],
+                    "outputs": list(u.output_names),
+                    "notes": u.notes,
+                }
+                for u in units
+            ],
+            "artifacts": artifacts,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = Path(bundle) / "manifest.json"
+    if not path.is_file():
+        raise EdgevitError(f"{bundle} is not a bundle (no manifest.json); make one with `edgevit convert`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgevitError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if manifest.get("schema") != SCHEMA or not isinstance(manifest.get("schema_version"), int):
+        raise EdgevitError(f"{path} is not an edgevit bundle manifest")
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise EdgevitError(f"bundle schema {manifest['schema_version']} is newer than this edgevit ({SCHEMA_VERSION})")
+    return manifest
+
+
+def artifact_for(manifest: dict[str, Any], unit: str, target: str | None) -> dict[str, Any]:
+    """The artifact of `unit` for `target` (or the first runnable one if target is None)."""
+    found = [a for a in manifest["artifacts"] if a["unit"] == unit and (target is None or a["target"] == target)]
+    if target is None:
+        found = [a for a in found if a["parity"] is not None]
+    if not found:
+        have = sorted({a["target"] for a in manifest["artifacts"]})
+        wanted = target or "runnable"
+        raise EdgevitError(f"bundle has no {wanted} artifact for unit {unit!r}; it holds: {', '.join(have)}")
+    return found[0]
+
+
+def unit_runner(bundle: Path, artifact: dict[str, Any], num_threads: int | None = None):
+    """A torch-in/torch-out callable over an artifact's runtime, the form the tracker drives."""
+    from converters.runtime import RuntimeUnavailableError, load_runner
+
+    try:
+        runner = load_runner(artifact["target"], Path(bundle) / artifact["path"], num_threads)
+    except RuntimeUnavailableError as exc:
+        raise EdgevitError(f"cannot run {artifact['target']} artifacts here: {exc}") from None
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in runner.run(*(x.numpy() for x in inputs)))
+
+    return run
