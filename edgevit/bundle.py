@@ -84,8 +84,9 @@ def write_bundle(
             ],
             "artifacts": artifacts,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+        text = json.dumps(manifest, indent=2) + "\n"
+        (tmp / "manifest.json").write_text(text)
+    return json.loads(text)  # what readers of the file will see (lists, not tuples)
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:

@@ -38,9 +38,7 @@ def make_tracker(
     from edgevit.models import create, resolve
 
     if bundle is not None:
-        raise EdgevitError(
-            "--bundle tracking needs a converted bundle; `edgevit convert` is not available yet"
-        )
+        return bundle_tracker(bundle, target)
     fam, variant = resolve(model_name, variant)
     if fam.name != "efficienttam":
         raise EdgevitError(f"model {fam.name!r} does not track video; use efficienttam")
