@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import shutil
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
@@ -14,10 +14,12 @@ def convert(model_name: str, variant: str | None, checkpoint: Path | None, targe
     from rich.console import Console
     from rich.progress import Progress
 
+    from converters.base import ConversionError
     from edgevit.bundle import resolve_targets, write_bundle
     from edgevit.commands.inspect import print_table
     from edgevit.io import check_out
     from edgevit.models import create
+    from edgevit.quiet import backend_output_to_log
 
     console = Console(stderr=True)
     targets = resolve_targets(target)
@@ -28,17 +30,24 @@ def convert(model_name: str, variant: str | None, checkpoint: Path | None, targe
     if checkpoint is None:
         console.print("[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, "
                       "outputs meaningless)[/]")
-    units = model.deploy_units()
-    with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
-        task = progress.add_task("converting", total=len(units) * len(targets))
+    total = len(model.deploy_units()) * len(targets)
+    with backend_output_to_log("edgevit-convert") as (log, real_err):
+        progress = Progress(console=Console(file=real_err), transient=not real_err.isatty())
+        task = progress.add_task("converting", total=total)
+
+        started = iter(range(total))
 
         def step(unit: str, tgt: str) -> None:
-            progress.update(task, description=f"{unit} → {tgt}")
+            progress.update(task, description=f"{unit} → {tgt}", completed=next(started))
 
         try:
-            manifest = write_bundle(model, targets, precision, out, force, on_artifact=step)
-        finally:
-            progress.update(task, completed=len(units) * len(targets))
+            with progress:
+                manifest = write_bundle(model, targets, precision, out, force, on_artifact=step)
+                progress.update(task, completed=total)
+        except ConversionError as exc:
+            raise ConversionError(f"{exc} (backend log: {log})") from None
+    shutil.copy(log, out / "convert.log")
+    log.unlink()
     if as_json:
         print(json.dumps(manifest, indent=2))
     else:
