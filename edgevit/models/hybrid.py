@@ -27,7 +27,7 @@ from torch import nn
 from converters.unit import DeployUnit
 from edgevit.errors import EdgevitError
 from edgevit.models.registry import Family, register_family
-from edgevit.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from edgevit.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, image_unit
 from edgevit.models.vit import Block, LayerScale, Mlp, ViTConfig
 
 # ml-cvnets trains MobileViT on [0, 1] RGB without mean/std normalisation (timm's cfg says the same).
@@ -432,20 +432,7 @@ class HybridModel(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def deploy_units(self) -> list[DeployUnit]:
-        size = self.img_size
-        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        output = "logits" if self.num_classes > 0 else "features"
-        mean, std = self.spec.mean, self.spec.std
-        return [
-            DeployUnit(
-                name="model",
-                module=self,
-                example_inputs=(example,),
-                input_names=("image",),
-                output_names=(output,),
-                notes={"image": f"1x3x{size}x{size} RGB in [0,1], then (x - {mean}) / {std}"},
-            )
-        ]
+        return [image_unit(self, self.img_size, "logits" if self.num_classes > 0 else "features")]
 
 
 class MobileViT(HybridModel):

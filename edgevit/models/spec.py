@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from converters.unit import DeployUnit
@@ -34,6 +35,21 @@ class EdgeModel(Protocol):
     spec: ModelSpec
 
     def deploy_units(self) -> list[DeployUnit]: ...
+
+
+def image_unit(module: nn.Module, size: int, output: str, notes: dict[str, str] | None = None) -> DeployUnit:
+    """The one deploy unit of a single-image model (classifier, feature extractor, saliency map)."""
+    example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    spec = module.spec
+    image_note = f"1x3x{size}x{size} RGB in [0,1], then (x - {list(spec.mean)}) / {list(spec.std)}"
+    return DeployUnit(
+        name="model",
+        module=module,
+        example_inputs=(example,),
+        input_names=("image",),
+        output_names=(output,),
+        notes={"image": image_note, **(notes or {})},
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

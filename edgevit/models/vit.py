@@ -22,7 +22,7 @@ from torch import nn
 from converters.unit import DeployUnit
 from edgevit.errors import EdgevitError
 from edgevit.models.registry import Family, register_family
-from edgevit.models.spec import ModelSpec
+from edgevit.models.spec import ModelSpec, image_unit
 
 
 @dataclass(frozen=True)
@@ -221,19 +221,7 @@ class VisionTransformer(nn.Module):
         return sd
 
     def deploy_units(self) -> list[DeployUnit]:
-        size = self.cfg.img_size
-        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        output = "logits" if self.cfg.num_classes > 0 else "features"
-        return [
-            DeployUnit(
-                name="model",
-                module=self,
-                example_inputs=(example,),
-                input_names=("image",),
-                output_names=(output,),
-                notes={"image": f"1x3x{size}x{size} RGB, normalised with spec.mean/std"},
-            )
-        ]
+        return [image_unit(self, self.cfg.img_size, "logits" if self.cfg.num_classes > 0 else "features")]
 
 
 VARIANTS: dict[str, ViTConfig] = {
