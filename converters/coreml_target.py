@@ -43,7 +43,9 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
         minimum_deployment_target=ct.target.iOS17,
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
         inputs=[
-            ct.TensorType(name=n, shape=tuple(x.shape), dtype=_io_dtype(x))
+            ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
+            if n in unit.image_inputs
+            else ct.TensorType(name=n, shape=tuple(x.shape), dtype=_io_dtype(x))
             for n, x in zip(unit.input_names, unit.example_inputs, strict=True)
         ],
         outputs=[ct.TensorType(name=n, dtype=np.float32) for n in unit.output_names],
@@ -85,6 +87,10 @@ def feature_specs(features: Any) -> tuple[TensorSpec, ...]:
     }
     specs = []
     for f in features:
+        if f.type.WhichOneof("Type") == "imageType":  # an RGB pixel buffer, one byte per channel
+            img = f.type.imageType
+            specs.append(TensorSpec(f.name, (1, 3, int(img.height), int(img.width)), "uint8"))
+            continue
         arr = f.type.multiArrayType
         specs.append(TensorSpec(f.name, tuple(int(d) for d in arr.shape), dtype_names.get(arr.dataType, "unknown")))
     return tuple(specs)

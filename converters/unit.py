@@ -27,13 +27,18 @@ class DeployUnit:
     output_names: tuple[str, ...]
     # Free-form facts an app needs beside shapes (e.g. "image input is RGB, ImageNet-normalised").
     notes: dict[str, str] = field(default_factory=dict)
+    # Inputs that take an RGB image as float 0..255 NCHW (normalisation inside the module): targets with an
+    # image type (Core ML) declare them as images, so an app hands over a camera pixel buffer unchanged.
+    image_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.example_inputs) != len(self.input_names):
             raise ValueError(
-                f"unit {self.name!r}: {len(self.example_inputs)} example inputs but "
-                f"{len(self.input_names)} input names"
+                f"unit {self.name!r}: {len(self.example_inputs)} example inputs but {len(self.input_names)} input names"
             )
+        unknown = set(self.image_inputs) - set(self.input_names)
+        if unknown:
+            raise ValueError(f"unit {self.name!r}: image inputs {sorted(unknown)} are not among its inputs")
 
     def run_eager(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Call the module the way every runtime will: positional tensors in, tuple of tensors out."""

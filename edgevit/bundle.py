@@ -78,6 +78,7 @@ def write_bundle(
                     "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                                for n, x in zip(u.input_names, u.example_inputs, strict=True)],
                     "outputs": list(u.output_names),
+                    "image_inputs": list(u.image_inputs),
                     "notes": u.notes,
                 }
                 for u in units

@@ -59,3 +59,26 @@ def test_parity_is_a_note_off_macos(arts):
     for art in arts.values():
         assert art.parity is None and art.min_sqnr_db is None
         assert "needs macOS" in art.parity_note
+
+
+def test_image_inputs_become_core_ml_images(tmp_path):
+    """An app feeds a camera frame: the unit's 0..255 RGB input is declared as an image, not a tensor."""
+    import coremltools as ct
+    import torch
+
+    from converters.unit import DeployUnit
+
+    class Scale(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(image / 255.0, 4)
+
+    unit = DeployUnit(
+        "pool", Scale().eval(), (torch.rand(1, 3, 32, 32) * 255,), ("image",), ("pooled",), image_inputs=("image",)
+    )
+    art = convert(unit, "coreml", "fp32", tmp_path)
+    spec = ct.utils.load_spec(str(art.path))
+    (inp,) = spec.description.input
+    assert inp.type.WhichOneof("Type") == "imageType"
+    assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert art.inputs[0].shape == (1, 3, 32, 32) and art.inputs[0].dtype == "uint8"
+    assert art.outputs[0].name == "pooled"

@@ -167,6 +167,7 @@ def build_units(model: nn.Module) -> list[DeployUnit]:
             ("image",),
             ("features",),
             {"image": "RGB, float32 0..255, resized to the model's square input"},
+            image_inputs=("image",),
         ),
         DeployUnit(
             "memory_attention",
