@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from converters.unit import DeployUnit
 from edgevit.errors import EdgevitError
 from edgevit.io import atomic_dir
 
@@ -37,6 +38,39 @@ def resolve_targets(target: str) -> tuple[str, ...]:
 def _config_dict(model: nn.Module) -> dict[str, Any] | None:
     cfg = getattr(model, "cfg", None)
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+
+
+def weights_origin(model: nn.Module) -> str:
+    """"checkpoint", "random", or what a model that ships its weights says about them (e.g. an import)."""
+    if getattr(model, "checkpoint_sha256", None):
+        return "checkpoint"
+    return getattr(model, "weights_source", None) or "random"
+
+
+def manifest_header(model: nn.Module, units: Sequence[DeployUnit]) -> dict[str, Any]:
+    """Everything in a manifest but the artifacts: what every bundle writer (fp32, quantized) shares."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": {**model.spec.to_dict(), "config": _config_dict(model)},
+        "weights": {"source": weights_origin(model), "checkpoint_sha256": getattr(model, "checkpoint_sha256", None)},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"system": platform.system(), "machine": platform.machine()},
+        "units": [
+            {
+                "name": u.name,
+                "inputs": [
+                    {"name": n, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+                    for n, x in zip(u.input_names, u.example_inputs, strict=True)
+                ],
+                "outputs": list(u.output_names),
+                "image_inputs": list(u.image_inputs),
+                "notes": u.notes,
+            }
+            for u in units
+        ],
+    }
 
 
 def write_bundle(
@@ -61,30 +95,7 @@ def write_bundle(
                 entry = art.to_dict()
                 entry["path"] = str(Path(target) / Path(art.path).name)
                 artifacts.append(entry)
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "model": {**model.spec.to_dict(), "config": _config_dict(model)},
-            "weights": {
-                "source": "checkpoint" if getattr(model, "checkpoint_sha256", None) else "random",
-                "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
-            },
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "machine": {"system": platform.system(), "machine": platform.machine()},
-            "units": [
-                {
-                    "name": u.name,
-                    "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-                               for n, x in zip(u.input_names, u.example_inputs, strict=True)],
-                    "outputs": list(u.output_names),
-                    "image_inputs": list(u.image_inputs),
-                    "notes": u.notes,
-                }
-                for u in units
-            ],
-            "artifacts": artifacts,
-        }
+        manifest = {**manifest_header(model, units), "artifacts": artifacts}
         text = json.dumps(manifest, indent=2) + "\n"
         (tmp / "manifest.json").write_text(text)
     return json.loads(text)  # what readers of the file will see (lists, not tuples)

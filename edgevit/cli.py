@@ -116,6 +116,40 @@ def inspect_cmd(
     inspect(bundle, as_json)
 
 
+@app.command("quantize")
+def quantize_cmd(
+    model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")],
+    variant: Annotated[str | None, typer.Option(help="Variant of the model (default: the family's default).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (.pt) to load strictly.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a model config field, KEY=VALUE (repeatable).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="ptq (min/max) or mptq (SQ-b smoothing, then ptq).")] = "ptq",
+    bits: Annotated[str, typer.Option(help="Weight bits: 8, 6, 4 or mixed; activations are 8-bit.")] = "8",
+    budget_mb: Annotated[
+        float | None, typer.Option("--budget-mb", help="Quantized-weight budget in MB (required by --bits mixed).")
+    ] = None,
+    calib: Annotated[
+        str, typer.Option(help="Calibration images: a folder, a video file, or 'builtin' (packaged photos).")
+    ] = "builtin",
+    target: Annotated[str, typer.Option(help="onnx, executorch, tflite, coreml or all.")] = "all",
+    explain: Annotated[bool, typer.Option(help="Print the plan, or the mixed-precision sensitivity table.")] = False,
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest + artifacts + plans).")] = Path(
+        "bundle-int8"
+    ),
+    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Calibrate on real images, plan the bits, and write int8/int4 artifacts into a verified bundle.
+
+    Example: edgevit quantize --model dinov2_s_focus --method mptq --target onnx --out bundle-int8/
+    """
+    from edgevit.commands.quantize import quantize
+
+    quantize(model, variant, checkpoint, set_ or [], method, bits, budget_mb, calib, target, explain, out, force,
+             as_json)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     from edgevit.errors import EdgevitError

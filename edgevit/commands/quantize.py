@@ -1,0 +1,247 @@
+"""`edgevit quantize`: calibrate on real images, plan the bits, and write int8/int4 artifacts in a bundle.
+
+Methods: `ptq` (min/max calibration, per-channel symmetric weights, per-tensor activations on Linear/Conv
+inputs only) and `mptq` (MPTQ-ViT: SQ-b smoothing with a per-layer search of its strength, then the same
+calibration). `--bits mixed` spends a weight budget (`--budget-mb`) where a per-layer sensitivity table
+says it matters, over the weight widths the chosen targets can hold.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from converters.unit import DeployUnit
+from edgevit.errors import EdgevitError
+from edgevit.models.spec import ModelSpec
+from quant.plan import QuantPlan
+
+METHODS = ("ptq", "mptq")
+BITS = ("8", "6", "4", "mixed")
+MIN_CALIB_IMAGES = 8  # observers see every image; fewer than this and one photo's range dominates
+MIN_HELD_OUT = 2  # images kept out of calibration, to check the artifacts on data they were not tuned to
+MAX_IMAGES = 64
+SENSITIVITY_IMAGES = 4  # per-layer probes for mixed precision: layers x bit-widths forward passes each
+
+
+@dataclass(frozen=True)
+class QuantRequest:
+    """What the user asked for, validated before any slow work starts."""
+
+    method: str
+    bits: str
+    budget_mb: float | None
+    calib: str
+    targets: tuple[str, ...]
+    skipped: dict[str, str]
+    weight_candidates: tuple[int, ...]
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` pairs as config overrides; values are Python literals, else strings."""
+    found = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise EdgevitError(f"--set {pair!r} is not KEY=VALUE (e.g. --set depth=2)")
+        try:
+            found[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            found[key.strip()] = raw
+    return found
+
+
+def check_request(method: str, bits: str, budget_mb: float | None, calib: str, target: str) -> QuantRequest:
+    """Reject impossible combinations up front, naming which target holds which bits."""
+    from converters.quantized import WEIGHT_BITS, held_bits
+    from edgevit.bundle import resolve_targets
+
+    if method not in METHODS:
+        raise EdgevitError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if bits not in BITS:
+        raise EdgevitError(f"unknown --bits {bits!r}; valid: {', '.join(BITS)}")
+    if budget_mb is not None and not (budget_mb > 0 and math.isfinite(budget_mb)):
+        raise EdgevitError(f"--budget-mb must be a positive number of megabytes, got {budget_mb}")
+    if bits == "mixed" and budget_mb is None:
+        raise EdgevitError("--bits mixed needs --budget-mb: the weight size the bits are allocated to fit")
+    targets = resolve_targets(target)
+    wanted = {int(bits)} if bits != "mixed" else {4, 6, 8}
+    holding = {t: sorted(wanted & set(WEIGHT_BITS[t])) for t in targets}
+    usable = [t for t in targets if holding[t] and (bits != "mixed" or len(holding[t]) > 1)]
+    if not usable:
+        what = f"{bits}-bit weights" if bits != "mixed" else "more than one weight width (needed by --bits mixed)"
+        holders = "; ".join(f"{t} holds {held_bits(t)}" for t in WEIGHT_BITS)
+        raise EdgevitError(f"--target {target} cannot hold {what}: {holders}")
+    skipped = {t: f"holds {held_bits(t)}" for t in targets if t not in usable}
+    candidates = tuple(sorted(set().union(*(holding[t] for t in usable))))
+    return QuantRequest(method, bits, budget_mb, calib, tuple(usable), skipped, candidates)
+
+
+def image_units(model: nn.Module) -> list[DeployUnit]:
+    """The model's deploy units, each of which must take one image shaped as the model spec says."""
+    units = model.deploy_units()
+    height, width = model.spec.input_size
+    for unit in units:
+        shapes = [tuple(x.shape) for x in unit.example_inputs]
+        if shapes != [(1, 3, height, width)]:
+            raise EdgevitError(
+                f"quantize calibrates units that take one 1x3x{height}x{width} image; unit {unit.name!r} of "
+                f"{model.spec.name} takes {shapes}: quantize a single-image model (vit, dinov2_focus, hybrid)"
+            )
+    return units
+
+
+def as_unit_input(unit: DeployUnit, image: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """A preprocessed image as `unit` takes it: normalised, or back to 0..255 RGB for an image input."""
+    if unit.input_names[0] not in unit.image_inputs:
+        return image
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return (image * std + mean) * 255.0
+
+
+def plan_unit(
+    module: nn.Module,
+    request: QuantRequest,
+    calib: list[torch.Tensor],
+    explain_to: Callable[[Any], None] | None,
+) -> QuantPlan:
+    """Calibrate `module` (smoothing it in place first for mptq) and return its plan."""
+    from quant.fake_quant import collect_stats
+    from quant.metrics import layer_sensitivity
+    from quant.mixed_precision import explain, greedy_allocate
+    from quant.smoothquant import smooth_quant_
+
+    records = smooth_quant_(module, calib) if request.method == "mptq" else {}
+    stats = collect_stats(module, calib)
+    if request.bits == "mixed" and request.budget_mb is not None:  # check_request made the budget required
+        table = layer_sensitivity(
+            module, stats, calib[:SENSITIVITY_IMAGES], weight_bits=request.weight_candidates, act_bits=(8,)
+        )
+        plan = greedy_allocate(stats, table, request.budget_mb)
+        if explain_to is not None:
+            explain_to(explain(table, plan))
+    else:
+        plan = stats.plan(int(request.bits), 8, method="ptq")
+        if request.budget_mb is not None and plan.weight_bytes() > request.budget_mb * 1e6:
+            from quant.errors import QuantError
+
+            raise QuantError(
+                f"the W{request.bits} plan holds {plan.weight_bytes() / 1e6:.3g} MB of quantized weights, over the "
+                f"{request.budget_mb:g} MB budget: lower --bits or use --bits mixed"
+            )
+        if explain_to is not None:
+            explain_to(plan_table(plan))
+    plan = plan.with_smoothing(records)
+    plan.metadata.update({"method": request.method, "bits": request.bits})
+    return plan
+
+
+def plan_table(plan: QuantPlan) -> Any:
+    """A plan as a rich table: one row per layer with its bits and the range its grid covers."""
+    from rich.table import Table
+
+    table = Table(title=f"quantization plan: {len(plan.layers)} layers, {plan.weight_bytes() / 1e6:.4g} MB weights")
+    for col in ("layer", "kind", "method", "weights", "act", "activation range"):
+        table.add_column(col)
+    for layer in plan.layers.values():
+        q = layer.inputs[0]
+        lo = (q.quant_min - q.zero_point[0]) * q.scale[0]
+        hi = (q.quant_max - q.zero_point[0]) * q.scale[0]
+        weight = f"W{layer.weight_bits}" if layer.weight is not None else "-"
+        table.add_row(layer.name, layer.kind, layer.method, weight, f"A{layer.act_bits}", f"[{lo:.3g}, {hi:.3g}]")
+    return table
+
+
+def split_images(images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(calibration, held-out): every fifth image held out, at least `MIN_HELD_OUT`."""
+    held = max(MIN_HELD_OUT, len(images) // 5)
+    return images[:-held], images[-held:]
+
+
+def quantize_model(
+    model: nn.Module,
+    request: QuantRequest,
+    out: Path,
+    *,
+    force: bool = False,
+    explain_to: Callable[[Any], None] | None = None,
+    on_artifact: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Calibrate, plan and lower every unit of `model`; write the bundle to `out` and return its manifest."""
+    from edgevit.data.images import load_images
+    from edgevit.quant_bundle import QuantizedUnit, write_quant_bundle
+
+    image_units(model)
+    images = load_images(request.calib, model.spec, min_images=MIN_CALIB_IMAGES + MIN_HELD_OUT, max_images=MAX_IMAGES)
+    calib, held_out = split_images(images)
+    # mptq rewrites weights (SQ-b folds into LayerNorms and Linears): work on a copy, keep the caller's model.
+    target_model = copy.deepcopy(model) if request.method == "mptq" else model
+    prepared = []
+    for unit in image_units(target_model):
+        unit_calib = [as_unit_input(unit, x, model.spec) for x in calib]
+        plan = plan_unit(unit.module, request, unit_calib, explain_to)
+        prepared.append(QuantizedUnit(unit, plan, [(as_unit_input(unit, x, model.spec),) for x in held_out]))
+    info = {
+        "method": request.method,
+        "bits": request.bits,
+        "budget_mb": request.budget_mb,
+        "calibration": {"source": str(request.calib), "images": len(calib), "held_out_for_parity": len(held_out)},
+        "skipped_targets": request.skipped,
+    }
+    return write_quant_bundle(model, prepared, request.targets, out, info, force, on_artifact)
+
+
+def quantize(
+    model_name: str,
+    variant: str | None,
+    checkpoint: Path | None,
+    overrides: Sequence[str],
+    method: str,
+    bits: str,
+    budget_mb: float | None,
+    calib: str,
+    target: str,
+    explain: bool,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
+    from rich.console import Console
+
+    from edgevit.bundle import weights_origin
+    from edgevit.commands.inspect import print_table
+    from edgevit.io import check_out
+    from edgevit.models import create
+
+    console = Console(stderr=True)
+    request = check_request(method, bits, budget_mb, calib, target)
+    check_out(out, force)
+    model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
+    if weights_origin(model) == "random":
+        console.print(
+            "[bold yellow]note: no --checkpoint: these weights are RANDOM (files are valid, outputs meaningless)[/]"
+        )
+    for skipped, why in request.skipped.items():
+        console.print(f"[yellow]skipping {skipped}: it {why}[/]")
+
+    def step(unit: str, tgt: str) -> None:
+        console.print(f"lowering {unit} → {tgt}")
+
+    # Calibration, SQ-b and sensitivity draw their own progress bars (one live display at a time).
+    manifest = quantize_model(
+        model, request, out, force=force, explain_to=console.print if explain else None, on_artifact=step
+    )
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        print_table(manifest, out)
