@@ -37,18 +37,14 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
     import coremltools as ct
 
     exported = torch.export.export(unit.module, unit.example_inputs, strict=False).run_decompositions({})
+    inputs, outputs = io_types(unit)
     model = ct.convert(
         exported,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS17,
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-        inputs=[
-            ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
-            if n in unit.image_inputs
-            else ct.TensorType(name=n, shape=tuple(x.shape), dtype=_io_dtype(x))
-            for n, x in zip(unit.input_names, unit.example_inputs, strict=True)
-        ],
-        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in unit.output_names],
+        inputs=inputs,
+        outputs=outputs,
         # Loading compiles the model, which needs macOS; the runner loads it where it can.
         skip_model_load=True,
     )
@@ -65,6 +61,20 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
         outputs=feature_specs(spec.description.output),
         facts={"spec_version": spec.specificationVersion, "minimum_deployment_target": "iOS17", **ops},
     )
+
+
+def io_types(unit: DeployUnit) -> tuple[list[Any], list[Any]]:
+    """Core ML input/output declarations of a unit, shared by the fp and quantized paths so an app drives
+    both packages alike: 0..255 RGB inputs become images, other inputs tensors, outputs fp32 tensors."""
+    import coremltools as ct
+
+    inputs = [
+        ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
+        if n in unit.image_inputs
+        else ct.TensorType(name=n, shape=tuple(x.shape), dtype=_io_dtype(x))
+        for n, x in zip(unit.input_names, unit.example_inputs, strict=True)
+    ]
+    return inputs, [ct.TensorType(name=n, dtype=np.float32) for n in unit.output_names]
 
 
 def _io_dtype(x: torch.Tensor) -> type:

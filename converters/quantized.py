@@ -505,7 +505,7 @@ def _lower_coreml(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[Target
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
-    from converters.coreml_target import _io_dtype, feature_specs, mil_op_summary
+    from converters.coreml_target import feature_specs, io_types, mil_op_summary
     from quant.fake_quant import FakeQuantize
 
     snapped = copy.deepcopy(unit.module).eval()
@@ -517,18 +517,14 @@ def _lower_coreml(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[Target
     int4 = any(lq.weight_bits == 4 for lq in plan.layers.values())
     deployment = ct.target.iOS18 if int4 else ct.target.iOS17
     exported = torch.export.export(snapped, unit.example_inputs, strict=False).run_decompositions({})
+    inputs, outputs = io_types(unit)
     model = ct.convert(
         exported,
         convert_to="mlprogram",
         minimum_deployment_target=deployment,
         compute_precision=ct.precision.FLOAT16,
-        inputs=[  # as the fp32 target declares them, so apps drive both packages alike
-            ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
-            if n in unit.image_inputs
-            else ct.TensorType(name=n, shape=tuple(x.shape), dtype=_io_dtype(x))
-            for n, x in zip(unit.input_names, unit.example_inputs, strict=True)
-        ],
-        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in unit.output_names],
+        inputs=inputs,
+        outputs=outputs,
         skip_model_load=True,
     )
     consts = _coreml_weight_consts(model._mil_program, plan)
