@@ -41,7 +41,7 @@ def _config_dict(model: nn.Module) -> dict[str, Any] | None:
 
 
 def weights_origin(model: nn.Module) -> str:
-    """"checkpoint", "random", or what a model that ships its weights says about them (e.g. an import)."""
+    """ "checkpoint", "random", or what a model that ships its weights says about them (e.g. an import)."""
     if getattr(model, "checkpoint_sha256", None):
         return "checkpoint"
     return getattr(model, "weights_source", None) or "random"

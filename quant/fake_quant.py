@@ -191,9 +191,7 @@ class CalibrationStats:
         metadata = {
             "calibration_batches": self.num_batches,
             "observer": first.inputs[0].label if first else None,
-            "weight_observer": next(
-                (s.weight_observer.label for s in self.layers.values() if s.weight_observer), None
-            ),
+            "weight_observer": next((s.weight_observer.label for s in self.layers.values() if s.weight_observer), None),
             "not_executed": self.not_executed,
         }
         return QuantPlan(layers=layers, metadata=metadata)
@@ -251,8 +249,7 @@ def collect_stats(
         return hook
 
     handles = [
-        model.get_submodule(name).register_forward_pre_hook(make_hook(name, kind))
-        for name, kind in candidates.items()
+        model.get_submodule(name).register_forward_pre_hook(make_hook(name, kind)) for name, kind in candidates.items()
     ]
     was_training = model.training
     model.eval()

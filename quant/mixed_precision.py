@@ -54,9 +54,7 @@ def greedy_allocate(
     """A plan whose quantized weights fit `budget_mb`, with bits chosen by the sensitivity table."""
     missing = [n for n in stats.layers if n not in table.sqnr_db]
     if missing:
-        raise QuantError(
-            f"layer {missing[0]!r} has no sensitivity entry: measure the table on the same stats"
-        )
+        raise QuantError(f"layer {missing[0]!r} has no sensitivity entry: measure the table on the same stats")
     layers = []
     for name in stats.layers:
         choices = table.choices(name)
@@ -104,13 +102,9 @@ def greedy_allocate(
         return found
 
     def byte_delta(lyr: _Layer, old: tuple[int, int], new: tuple[int, int]) -> dict[str, float]:
-        delta = {
-            "weight": _weight_bytes(lyr, lyr.w_choices[new[0]]) - _weight_bytes(lyr, lyr.w_choices[old[0]])
-        }
+        delta = {"weight": _weight_bytes(lyr, lyr.w_choices[new[0]]) - _weight_bytes(lyr, lyr.w_choices[old[0]])}
         if "activation" in budgets:
-            delta["activation"] = _act_bytes(lyr, lyr.a_choices[new[1]]) - _act_bytes(
-                lyr, lyr.a_choices[old[1]]
-            )
+            delta["activation"] = _act_bytes(lyr, lyr.a_choices[new[1]]) - _act_bytes(lyr, lyr.a_choices[old[1]])
         return delta
 
     # Step down until every budget holds: least added noise per (budget-normalised) byte saved.
@@ -149,9 +143,7 @@ def greedy_allocate(
             break
         state[best[0].name] = best[1]
 
-    bits = {
-        lyr.name: (lyr.w_choices[state[lyr.name][0]], lyr.a_choices[state[lyr.name][1]]) for lyr in layers
-    }
+    bits = {lyr.name: (lyr.w_choices[state[lyr.name][0]], lyr.a_choices[state[lyr.name][1]]) for lyr in layers}
     plan = stats.plan(bits=bits, method="greedy-mp")
     predicted = sum(noise(lyr, *state[lyr.name]) for lyr in layers)
     plan.metadata.update(

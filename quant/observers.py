@@ -145,9 +145,7 @@ class MinMaxObserver(Observer):
 class _SampledObserver(Observer):
     """Keeps a uniform random sample of the values seen (all of them when `max_samples` is None)."""
 
-    def __init__(
-        self, symmetric: bool = False, ch_axis: int | None = None, max_samples: int | None = 65536
-    ) -> None:
+    def __init__(self, symmetric: bool = False, ch_axis: int | None = None, max_samples: int | None = 65536) -> None:
         super().__init__(symmetric, ch_axis)
         self.max_samples = max_samples
         self._generator = torch.Generator().manual_seed(0)
@@ -162,9 +160,7 @@ class _SampledObserver(Observer):
             flat = flat.clone()  # may be a view of a live weight that a later pass edits in place
             self._samples = flat if self._samples is None else torch.cat([self._samples, flat], dim=1)
             return
-        self._samples, self._keys = reservoir_update(
-            self._samples, self._keys, flat, self.max_samples, self._generator
-        )
+        self._samples, self._keys = reservoir_update(self._samples, self._keys, flat, self.max_samples, self._generator)
 
     @property
     def samples(self) -> Tensor:

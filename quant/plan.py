@@ -186,9 +186,7 @@ class QuantPlan:
             raise QuantError(f"not a quantization plan (format is {doc.get('format')!r}, want {_FORMAT!r})")
         version = doc.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise QuantError(
-                f"plan schema version {version} is newer than this edgevit understands ({SCHEMA_VERSION})"
-            )
+            raise QuantError(f"plan schema version {version} is newer than this edgevit understands ({SCHEMA_VERSION})")
         layers = {}
         for raw in doc["layers"]:
             weight = TensorQParams(**raw["weight"]) if raw["weight"] is not None else None

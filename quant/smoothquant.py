@@ -73,9 +73,7 @@ def layernorm_feeds(model: nn.Module, example: Batch, linears: Iterable[str]) ->
     try:
         graph = torch.export.export(model, args, strict=False).graph
     except Exception as err:  # any export failure only costs the LayerNorm fold, never correctness
-        warnings.warn(
-            f"SQ-b: model does not export ({type(err).__name__}); using explicit smoothing ops", stacklevel=2
-        )
+        warnings.warn(f"SQ-b: model does not export ({type(err).__name__}); using explicit smoothing ops", stacklevel=2)
         return {}
 
     def owner(node: torch.fx.Node) -> str | None:
@@ -97,9 +95,7 @@ def layernorm_feeds(model: nn.Module, example: Batch, linears: Iterable[str]) ->
         if getattr(ln, "weight", None) is None or getattr(ln, "bias", None) is None:
             continue
         users = list(nodes[0].users)
-        consumers = [
-            owner(u) for u in users if u.target is torch.ops.aten.linear.default and u.args[0] is nodes[0]
-        ]
+        consumers = [owner(u) for u in users if u.target is torch.ops.aten.linear.default and u.args[0] is nodes[0]]
         if len(consumers) == len(users) and all(c in wanted and linear_calls[c] == 1 for c in consumers):
             feeds.update({c: ln_name for c in consumers})
     return feeds
@@ -163,9 +159,7 @@ def _collect_input_stats(
                 found[name] = _InputStats(lo, hi, rows, keys)
             else:
                 rows, keys = reservoir_update(old.rows, old.keys, flat, max_rows, generator)
-                found[name] = _InputStats(
-                    torch.minimum(old.min_val, lo), torch.maximum(old.max_val, hi), rows, keys
-                )
+                found[name] = _InputStats(torch.minimum(old.min_val, lo), torch.maximum(old.max_val, hi), rows, keys)
 
         return hook
 
@@ -223,9 +217,7 @@ def smooth_quant_(
                 groups[feeds.get(name, name)].append(name)
 
         records: dict[str, Smoothing] = {}
-        for key, members in track(
-            list(groups.items()), description="OPT-m", transient=True, disable=not progress
-        ):
+        for key, members in track(list(groups.items()), description="OPT-m", transient=True, disable=not progress):
             weights = [model.get_submodule(m).weight for m in members]
             group_stats = stats[members[0]]
             identity = torch.ones_like(group_stats.min_val), torch.zeros_like(group_stats.min_val)
@@ -259,9 +251,7 @@ def _check_identity(before: list[Tensor], after: list[Tensor]) -> None:
         err = (a - b).abs().max().item()
         magnitude = b.abs().max().item()
         if err > 1e-3 * max(magnitude, 1.0):
-            raise RuntimeError(
-                f"SQ-b changed the fp32 output (max abs diff {err:.3g}, magnitude {magnitude:.3g})"
-            )
+            raise RuntimeError(f"SQ-b changed the fp32 output (max abs diff {err:.3g}, magnitude {magnitude:.3g})")
 
 
 @torch.no_grad()
@@ -280,15 +270,11 @@ def apply_smoothing_(model: nn.Module, records: dict[str, Smoothing]) -> nn.Modu
         for member in members:
             linear = model.get_submodule(member)
             if layer_kind(linear) != "linear" or isinstance(linear, SmoothedLinear):
-                raise QuantError(
-                    f"cannot smooth {member!r}: it is {type(linear).__name__}, not a float nn.Linear"
-                )
+                raise QuantError(f"cannot smooth {member!r}: it is {type(linear).__name__}, not a float nn.Linear")
             _fold_into_linear(linear, scale, shift)
         if target.startswith(f"{EXPLICIT}:"):
             name = members[0]
-            smoothed = SmoothedLinear(
-                model.get_submodule(name), ChannelAffine(shift.float(), (1.0 / scale).float())
-            )
+            smoothed = SmoothedLinear(model.get_submodule(name), ChannelAffine(shift.float(), (1.0 / scale).float()))
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, smoothed)
         else:

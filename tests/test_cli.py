@@ -70,8 +70,21 @@ def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, 
 
 def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
     out_dir = tmp_path / "masks"
-    code, out, err = run(monkeypatch, capsys, "track", "sample:bikes", "--point", "320,140", "--variant", "ti_512",
-                         "--max-frames", "2", "--out", str(out_dir), "--json")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "track",
+        "sample:bikes",
+        "--point",
+        "320,140",
+        "--variant",
+        "ti_512",
+        "--max-frames",
+        "2",
+        "--out",
+        str(out_dir),
+        "--json",
+    )
     assert code == 0, err
     assert "RANDOM" in err
     summary = json.loads(out)
@@ -84,8 +97,9 @@ def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
 
 def test_convert_then_inspect(monkeypatch, capsys, tmp_path):
     out_dir = tmp_path / "bundle"
-    code, _, err = run(monkeypatch, capsys, "convert", "--model", "hybrid_mobilevit_xxs", "--target", "onnx",
-                       "--out", str(out_dir))
+    code, _, err = run(
+        monkeypatch, capsys, "convert", "--model", "hybrid_mobilevit_xxs", "--target", "onnx", "--out", str(out_dir)
+    )
     assert code == 0, err
     assert "RANDOM" in err
     assert (out_dir / "manifest.json").is_file() and (out_dir / "convert.log").is_file()

@@ -9,8 +9,16 @@ from pathlib import Path
 from edgevit.errors import EdgevitError
 
 
-def convert(model_name: str, variant: str | None, checkpoint: Path | None, target: str, precision: str | None,
-            out: Path, force: bool, as_json: bool) -> None:
+def convert(
+    model_name: str,
+    variant: str | None,
+    checkpoint: Path | None,
+    target: str,
+    precision: str | None,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -28,8 +36,9 @@ def convert(model_name: str, variant: str | None, checkpoint: Path | None, targe
     check_out(out, force)
     model = create(model_name, variant, checkpoint=checkpoint)
     if weights_origin(model) == "random":
-        console.print("[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, "
-                      "outputs meaningless)[/]")
+        console.print(
+            "[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, outputs meaningless)[/]"
+        )
     total = len(model.deploy_units()) * len(targets)
     with backend_output_to_log("edgevit-convert") as (log, real_err):
         progress = Progress(console=Console(file=real_err), transient=not real_err.isatty())

@@ -24,8 +24,14 @@ def print_table(manifest: dict[str, Any], bundle: Path) -> None:
     for col in ("unit", "target", "precision", "size", "convert s", "parity (worst output)"):
         table.add_column(col, justify="right" if col in ("size", "convert s") else "left")
     for art in manifest["artifacts"]:
-        table.add_row(art["unit"], art["target"], art["precision"], f"{art['size_bytes'] / 1e6:.1f} MB",
-                      f"{art['conversion_seconds']:.1f}", parity_text(art))
+        table.add_row(
+            art["unit"],
+            art["target"],
+            art["precision"],
+            f"{art['size_bytes'] / 1e6:.1f} MB",
+            f"{art['conversion_seconds']:.1f}",
+            parity_text(art),
+        )
     Console().print(table)
 
 

@@ -78,23 +78,17 @@ def track(
     tracker, source = make_tracker(model_name, variant, checkpoint, bundle, target)
     prompt.validate(width, height, tracker.cfg.max_points)
     if source["weights"] == "random":
-        console.print(
-            "[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]"
-        )
+        console.print("[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]")
     total = min(count, max_frames) if max_frames else count
     areas, times = [], []
     with atomic_dir(out, force) as tmp:
-        writer = cv2.VideoWriter(
-            str(tmp / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
-        )
+        writer = cv2.VideoWriter(str(tmp / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         try:
             with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
                 task = progress.add_task(f"tracking {path.name}", total=total)
                 frames = list(read_frames(path, total))
                 t0 = time.perf_counter()
-                for result, frame in zip(
-                    tracker.track(frames, prompt, num_frames=len(frames)), frames, strict=True
-                ):
+                for result, frame in zip(tracker.track(frames, prompt, num_frames=len(frames)), frames, strict=True):
                     times.append(time.perf_counter() - t0)
                     mask = result.mask
                     cv2.imwrite(str(tmp / f"{result.index:05d}.png"), mask.astype(np.uint8) * 255)

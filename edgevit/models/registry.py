@@ -57,24 +57,18 @@ def resolve(name: str, variant: str | None = None) -> tuple[Family, str]:
             prefix = candidate.name + "_"
             if name.startswith(prefix) and name[len(prefix) :] in candidate.variants:
                 if variant is not None and variant != name[len(prefix) :]:
-                    raise EdgevitError(
-                        f"model {name!r} already names variant {name[len(prefix) :]!r}; drop --variant"
-                    )
+                    raise EdgevitError(f"model {name!r} already names variant {name[len(prefix) :]!r}; drop --variant")
                 return candidate, name[len(prefix) :]
         raise EdgevitError(
             f"unknown model {name!r}; valid models: {', '.join(sorted(_FAMILIES))} (see `edgevit models`)"
         )
     variant = variant or fam.default_variant
     if variant not in fam.variants:
-        raise EdgevitError(
-            f"unknown variant {variant!r} of {fam.name}; valid variants: {', '.join(fam.variants)}"
-        )
+        raise EdgevitError(f"unknown variant {variant!r} of {fam.name}; valid variants: {', '.join(fam.variants)}")
     return fam, variant
 
 
-def create(
-    name: str, variant: str | None = None, checkpoint: str | Path | None = None, **overrides: Any
-) -> nn.Module:
+def create(name: str, variant: str | None = None, checkpoint: str | Path | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model; `overrides` replace fields of the variant's config dataclass."""
     fam, variant = resolve(name, variant)
     config = fam.variants[variant]

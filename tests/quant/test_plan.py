@@ -25,9 +25,7 @@ def test_summary_counts_bits_and_bytes(model: TinyViT, calib: list[torch.Tensor]
     stats = collect_stats(model, calib, progress=False)
     plan = stats.plan(bits={"head": (4, 8)})
     summary = plan.summary()
-    params = sum(
-        m.weight.numel() for n, m in model.named_modules() if n in plan.layers and hasattr(m, "weight")
-    )
+    params = sum(m.weight.numel() for n, m in model.named_modules() if n in plan.layers and hasattr(m, "weight"))
     assert summary["weight_params"] == params
     assert summary["weight_bytes_fp32"] == 4 * params
     assert summary["weight_bytes"] == params - 640 + 320  # head: 640 weights at 4 bits

@@ -23,9 +23,7 @@ def smoothed(calib: list[torch.Tensor]) -> tuple[TinyViT, dict]:
 def test_fp32_output_unchanged(smoothed: tuple[TinyViT, dict], evalset: list[torch.Tensor]) -> None:
     model, records = smoothed
     reference = model_outputs(make_tiny_vit(), evalset)
-    diff = max(
-        (a - b).abs().max().item() for a, b in zip(reference, model_outputs(model, evalset), strict=True)
-    )
+    diff = max((a - b).abs().max().item() for a, b in zip(reference, model_outputs(model, evalset), strict=True))
     assert records, "SQ-b smoothed nothing on a model built with outliers"
     assert diff <= 1e-4
 
@@ -61,9 +59,7 @@ def test_improves_w8a8_over_plain_ptq(
     assert results[(8, 6)][1] > results[(8, 6)][0] + 5.0
 
 
-def test_plan_records_replay_on_a_fresh_checkpoint(
-    smoothed: tuple[TinyViT, dict], calib: list[torch.Tensor]
-) -> None:
+def test_plan_records_replay_on_a_fresh_checkpoint(smoothed: tuple[TinyViT, dict], calib: list[torch.Tensor]) -> None:
     model, records = smoothed
     plan = calibrate(model, calib, progress=False).with_smoothing(records)
     assert plan["blocks.0.attn.qkv"].method == "sq-b+ptq"

@@ -63,9 +63,7 @@ class Attention(nn.Module):
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         logits = torch.bmm(q * self.scale, k.transpose(1, 2))
         if key_bias is not None:  # a structural choice per call site, not a data-dependent branch
-            logits = (logits.reshape(b, self.num_heads, nq, -1) + key_bias).reshape(
-                b * self.num_heads, nq, -1
-            )
+            logits = (logits.reshape(b, self.num_heads, nq, -1) + key_bias).reshape(b * self.num_heads, nq, -1)
         out = torch.bmm(logits.softmax(dim=-1), v)
         out = out.reshape(b, self.num_heads, nq, -1).transpose(1, 2).reshape(b, nq, -1)
         return self.out_proj(out)
@@ -172,9 +170,7 @@ class MaskDecoder(nn.Module):
         iou_pred [B, 4], mask_tokens_out [B, 4, C], object_score_logits [B, 1].
         """
         b, c, h, w = image_embeddings.shape
-        output_tokens = torch.cat(
-            [self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight]
-        )
+        output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
         slot_bias = (token_valid == 0).to(sparse.dtype) * MASKED_KEY_BIAS
         token_bias = torch.cat([slot_bias.new_zeros(b, NUM_OUTPUT_TOKENS), slot_bias], dim=1)

@@ -86,9 +86,7 @@ def select_mask(
         is_stable = stability_scores(masks[:, 0], stability_delta) >= stability_thresh
         chosen, token_index = torch.where(is_stable, torch.zeros_like(best), best), torch.zeros_like(best)
     low_res = _take(masks, chosen)
-    low_res = torch.where(
-        object_score_logits[:, :, None, None] > 0, low_res, torch.full_like(low_res, NO_OBJ_SCORE)
-    )
+    low_res = torch.where(object_score_logits[:, :, None, None] > 0, low_res, torch.full_like(low_res, NO_OBJ_SCORE))
     return SamHeadOutput(
         low_res_masks=low_res,
         ious=_take(iou_pred, chosen),

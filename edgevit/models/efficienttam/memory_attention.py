@@ -117,8 +117,7 @@ class MemoryAttention(nn.Module):
         self.num_mem_tokens = cfg.num_maskmem * hw
         self.num_obj_ptr_tokens = cfg.max_obj_ptrs * (cfg.d_model // cfg.mem_dim)
         self.layers = nn.ModuleList(
-            MemoryAttentionLayer(cfg.d_model, cfg.mem_dim, cfg.num_maskmem)
-            for _ in range(cfg.memory_attention_layers)
+            MemoryAttentionLayer(cfg.d_model, cfg.mem_dim, cfg.num_maskmem) for _ in range(cfg.memory_attention_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model)
         cos, sin = axial_rope_tables(cfg.d_model, cfg.feat_size, cfg.feat_size, theta=cfg.rope_theta)

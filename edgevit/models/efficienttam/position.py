@@ -13,9 +13,7 @@ import math
 import torch
 
 
-def sine_position_encoding(
-    num_pos_feats: int, height: int, width: int, temperature: float = 10000.0
-) -> torch.Tensor:
+def sine_position_encoding(num_pos_feats: int, height: int, width: int, temperature: float = 10000.0) -> torch.Tensor:
     """DETR-style normalised sine encoding of a `height` x `width` grid, shaped [1, num_pos_feats, H, W].
 
     Matches the reference `PositionEmbeddingSine(normalize=True, scale=2*pi)`: coordinates start at 1 and
@@ -41,9 +39,7 @@ def sine_position_encoding(
     return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def axial_rope_tables(
-    dim: int, end_x: int, end_y: int, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def axial_rope_tables(dim: int, end_x: int, end_y: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D axial RoPE for an `end_y` x `end_x` row-major grid as two [H*W, dim] tables for `apply_rope`.
 
     Angles as in the reference `compute_axial_cis`: the first dim/4 channel pairs rotate by the x

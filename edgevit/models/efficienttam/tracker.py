@@ -39,9 +39,7 @@ class Prompt:
         if self.mask is not None and (self.points or self.box is not None):
             raise EdgevitError("a mask prompt cannot be combined with points or a box; give one kind")
         if len(self.labels) != len(self.points):
-            raise EdgevitError(
-                f"{len(self.points)} points but {len(self.labels)} labels; give one label per point"
-            )
+            raise EdgevitError(f"{len(self.points)} points but {len(self.labels)} labels; give one label per point")
         corners = [(self.box[0], self.box[1]), (self.box[2], self.box[3])] if self.box is not None else []
         for x, y in list(self.points) + corners:
             if not (0 <= x < width and 0 <= y < height):
@@ -50,9 +48,7 @@ class Prompt:
                 )
         used = len(self.points) + len(corners) + 1  # + the decoder's padding point
         if used > max_points:
-            raise EdgevitError(
-                f"{used - 1} prompt points exceed the model's {max_points - 1} prompt slots; give fewer"
-            )
+            raise EdgevitError(f"{used - 1} prompt points exceed the model's {max_points - 1} prompt slots; give fewer")
         if self.mask is not None:
             if self.mask.shape != (height, width):
                 raise EdgevitError(
@@ -93,9 +89,7 @@ class Tracker:
         img = Image.fromarray(frame).convert("RGB").resize((s, s))
         return torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
-    def _prompt_slots(
-        self, prompt: Prompt | None, width: int, height: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _prompt_slots(self, prompt: Prompt | None, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Fill the decoder's fixed slots the way the official predictor orders its tokens."""
         pts: list[tuple[float, float]] = []
         labels: list[float] = []
@@ -167,9 +161,7 @@ class Tracker:
                 ptrs[t_diff], ptr_valid[t_diff] = prev.obj_ptr[0], 1.0
         return memory, memory_valid, ptrs, ptr_valid
 
-    def _remember(
-        self, feats: torch.Tensor, low_res: torch.Tensor, obj_ptr: torch.Tensor, binarize: bool
-    ) -> _Memory:
+    def _remember(self, feats: torch.Tensor, low_res: torch.Tensor, obj_ptr: torch.Tensor, binarize: bool) -> _Memory:
         (mem,) = self.run["memory_encoder"](feats, low_res, torch.tensor([1.0 if binarize else 0.0]))
         return _Memory(mem.to(torch.bfloat16).to(torch.float32), obj_ptr)
 
@@ -228,9 +220,7 @@ class Tracker:
             m = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
             m = (m >= 0.5).float()
         high = m * 20.0 - 10.0
-        low_res = F.interpolate(
-            high, size=(s // 4, s // 4), mode="bilinear", align_corners=False, antialias=True
-        )
+        low_res = F.interpolate(high, size=(s // 4, s // 4), mode="bilinear", align_corners=False, antialias=True)
         coords, labels, _ = self._prompt_slots(None, width, height)
         _, obj_ptr, _ = self._decode(feats, coords, labels, m, 1.0, multimask=False)
         return low_res, obj_ptr, torch.tensor([[10.0]])

@@ -50,9 +50,7 @@ class MemoryAttentionUnit(nn.Module):
         curr_pos = model.image_encoder.vision_pos_enc.flatten(2).transpose(1, 2)  # [1,HW,256]
         # contiguous: ExecuTorch mis-handles strided constants (wrong numbers or a lowering error)
         self.register_buffer("curr_pos", curr_pos.detach().contiguous(), persistent=False)
-        self.register_buffer(
-            "no_mem_embed", model.no_mem_embed.detach().reshape(1, -1, 1, 1).clone(), persistent=False
-        )
+        self.register_buffer("no_mem_embed", model.no_mem_embed.detach().reshape(1, -1, 1, 1).clone(), persistent=False)
         spatial = model.memory_encoder.vision_pos_enc.flatten(2).transpose(1, 2)  # [1,HW,64]
         # official: maskmem_tpos_enc[num_maskmem - t_pos - 1] for a memory at temporal position t_pos
         tpos = model.maskmem_tpos_enc.detach().flip(0).reshape(cfg.num_maskmem, 1, cfg.mem_dim)
@@ -135,9 +133,7 @@ class MemoryEncoderUnit(nn.Module):
         mask_logits: torch.Tensor,  # [1,1,4h,4w] chosen low-res mask logits
         binarize: torch.Tensor,  # [1] 1.0 on prompted frames (official: binarize clicks), else 0.0
     ) -> torch.Tensor:
-        high = F.interpolate(
-            mask_logits, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-        )
+        high = F.interpolate(mask_logits, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         prob = binarize * (high > 0).to(high.dtype) + (1.0 - binarize) * torch.sigmoid(high)
         return self.encoder(features, prob * self.scale + self.bias)
 

@@ -128,9 +128,7 @@ def test_invalid_slots_equal_reference_without_them(
         _assert_close(got[b : b + 1], expected)
 
 
-def test_export_matches_eager(
-    pair: tuple[torch.nn.Module, MemoryAttention], inputs: tuple[torch.Tensor, ...]
-) -> None:
+def test_export_matches_eager(pair: tuple[torch.nn.Module, MemoryAttention], inputs: tuple[torch.Tensor, ...]) -> None:
     _, ours = pair
     curr, curr_pos, memory, memory_pos = inputs
     valid = torch.ones(memory.shape[:2], dtype=torch.bool)

@@ -61,9 +61,7 @@ def test_state_dict_keys_and_shapes_match(pair: tuple[torch.nn.Module, MemoryEnc
     assert shapes == {k: v.shape for k, v in ref.state_dict().items()}
 
 
-def test_matches_reference(
-    pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]
-) -> None:
+def test_matches_reference(pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]) -> None:
     ref, ours = pair
     pix_feat, mask = inputs
     with torch.no_grad():
@@ -78,9 +76,7 @@ def test_matches_reference(
     _assert_close(ours.vision_pos_enc, expected["vision_pos_enc"][0][:1])
 
 
-def test_export_matches_eager(
-    pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]
-) -> None:
+def test_export_matches_eager(pair: tuple[torch.nn.Module, MemoryEncoder], inputs: tuple[torch.Tensor, ...]) -> None:
     _, ours = pair
     program = torch.export.export(ours, inputs)
     with torch.no_grad():

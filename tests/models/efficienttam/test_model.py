@@ -26,9 +26,7 @@ def test_state_dict_layout_equals_official(reference):
     ours = create("efficienttam_ti", image_size=256)
     theirs = reference.state_dict()
     assert len(theirs) == 455
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
-        k: tuple(v.shape) for k, v in theirs.items()
-    }
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
 
 def test_official_checkpoint_loads_strictly(reference, official_checkpoint):
@@ -44,9 +42,7 @@ def test_official_checkpoint_loads_strictly(reference, official_checkpoint):
 
 
 def test_checkpoint_of_another_variant_is_refused(official_checkpoint):
-    with pytest.raises(
-        EdgevitError, match=r"does not match .*tensor\(s\) of another shape.*pick the matching variant"
-    ):
+    with pytest.raises(EdgevitError, match=r"does not match .*tensor\(s\) of another shape.*pick the matching variant"):
         create("efficienttam_s", checkpoint=official_checkpoint, image_size=256)
 
 
@@ -55,9 +51,7 @@ def test_checkpoint_with_wrong_keys_is_refused(tmp_path, reference):
     sd["extra.weight"] = sd.pop("no_obj_ptr")
     path = tmp_path / "bad.pt"
     torch.save({"model": sd}, path)
-    with pytest.raises(
-        EdgevitError, match=r"1 missing key\(s\): no_obj_ptr; 1 unexpected key\(s\): extra.weight"
-    ):
+    with pytest.raises(EdgevitError, match=r"1 missing key\(s\): no_obj_ptr; 1 unexpected key\(s\): extra.weight"):
         create("efficienttam_ti", checkpoint=path, image_size=256)
 
 

@@ -85,9 +85,7 @@ def _compare(ref, unit, feats, coords, labels, mask, multimask_output: bool) -> 
         mask_input = torch.zeros(batch, 1, 4 * H, 4 * H) if mask is None else mask
         mask_weight = torch.full((batch,), 0.0 if mask is None else 1.0)
         out = select_mask(*unit(feats, slot_coords, slot_labels, mask_input, mask_weight), multimask_output)
-        ptr = apply_no_object_pointer(
-            ref.obj_ptr_proj(out.output_token), out.object_score_logits, ref.no_obj_ptr
-        )
+        ptr = apply_no_object_pointer(ref.obj_ptr_proj(out.output_token), out.object_score_logits, ref.no_obj_ptr)
     if multimask_output:
         r_ious = r_ious.max(dim=-1, keepdim=True).values
     assert out.low_res_masks.shape == r_masks.shape == (batch, 1, 4 * H, 4 * H)
@@ -112,9 +110,7 @@ def test_state_dict_and_dense_pe_match_reference(models):
         }
     assert "dense_pe" not in unit.prompt_encoder.state_dict()
     assert unit.prompt_encoder.dense_pe.is_contiguous()  # a channels-last constant breaks ExecuTorch
-    torch.testing.assert_close(
-        unit.prompt_encoder.dense_pe, ref.sam_prompt_encoder.get_dense_pe(), rtol=0, atol=0
-    )
+    torch.testing.assert_close(unit.prompt_encoder.dense_pe, ref.sam_prompt_encoder.get_dense_pe(), rtol=0, atol=0)
 
 
 def test_reference_masks_are_non_trivial(models):
@@ -146,18 +142,14 @@ def test_no_points_tracking_frame(models, multimask_output):
     if not multimask_output:  # with random weights mask 0 is unstable, so this runs the fallback
         with torch.no_grad():
             slot_coords, slot_labels = _slots(None, None, 1)
-            masks = models[1](
-                feats, slot_coords, slot_labels, torch.zeros(1, 1, 4 * H, 4 * H), torch.zeros(1)
-            )[0]
+            masks = models[1](feats, slot_coords, slot_labels, torch.zeros(1, 1, 4 * H, 4 * H), torch.zeros(1))[0]
         assert stability_scores(masks[:, 0], CFG.dynamic_multimask_stability_delta).item() < 0.98
     _compare(*models, feats, None, None, None, multimask_output)
 
 
 def test_mask_prompt(models):
     ref, unit = models
-    mask = (
-        torch.rand(1, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(4)) > 0.5
-    ).float()
+    mask = (torch.rand(1, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(4)) > 0.5).float()
     with torch.no_grad():
         mask_input = ref.mask_downsample(mask)  # as `_use_mask_as_output` feeds it
     _compare(ref, unit, _feats(1, 4), None, None, mask_input, False)
@@ -189,9 +181,7 @@ def test_stability_fallback_both_branches(models):
 
 def test_torch_export_matches_eager(models):
     _, unit = models
-    coords, labels = _slots(
-        torch.tensor([[[20.0, 30.0], [180.0, 200.0], [90.0, 100.0]]]), torch.tensor([[2, 3, 0]]), 1
-    )
+    coords, labels = _slots(torch.tensor([[[20.0, 30.0], [180.0, 200.0], [90.0, 100.0]]]), torch.tensor([[2, 3, 0]]), 1)
     args = (_feats(1, 7), coords, labels, torch.randn(1, 1, 4 * H, 4 * H), torch.ones(1))
     exported = torch.export.export(unit, args)
     with torch.no_grad():
