@@ -14,12 +14,13 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypedDict
 
-from converters.artifact import Artifact, TensorSpec, size_and_sha256
+from converters.artifact import Artifact, OutputParity, TensorSpec, size_and_sha256
 from converters.unit import DeployUnit
 
 TARGETS: dict[str, str] = {
@@ -87,6 +88,36 @@ def convert(
     _check_unit(unit)
     floor = parity.MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db
 
+    return stage_artifact(
+        unit,
+        target,
+        precision,
+        out_dir,
+        lower=lambda tmp: _run_target(module, unit, target, precision, tmp),
+        check=lambda tmp, result: _parity(module, unit, target, tmp, parity_inputs, floor),
+        backends=module.BACKENDS,
+        floor=floor,
+    )
+
+
+def stage_artifact(
+    unit: DeployUnit,
+    target: str,
+    precision: str,
+    out_dir: Path,
+    *,
+    lower: Callable[[Path], TargetResult],
+    check: Callable[[Path, TargetResult], tuple[dict[str, OutputParity] | None, str | None]],
+    backends: tuple[str, ...],
+    floor: float,
+) -> Artifact:
+    """Write an artifact under a hidden temporary name, validate and parity-check it, then rename it.
+
+    Every lowering path (fp and quantized) goes through here, so a failure at any step leaves no file (and
+    no half-written package) behind and never clobbers a previous good artifact. `lower(tmp)` writes the
+    file; `check(tmp, result)` returns the parity figures or a note saying why none could be taken.
+    """
+    module = target_module(target)
     out_dir = Path(out_dir)
     final = artifact_path(unit, target, precision, out_dir)
     try:
@@ -97,10 +128,10 @@ def convert(
 
     try:
         start = time.perf_counter()
-        result = _run_target(module, unit, target, precision, tmp)
+        result = lower(tmp)
         seconds = time.perf_counter() - start
         _check_names(unit, target, result)
-        figures, note = _parity(module, unit, target, tmp, parity_inputs, floor)
+        figures, note = check(tmp, result)
         _move_into_place(tmp, final)
     except BaseException:
         _remove(tmp)
@@ -116,7 +147,7 @@ def convert(
         outputs=result["outputs"],
         size_bytes=size,
         sha256=digest,
-        versions=_versions(module.BACKENDS),
+        versions=_versions(backends),
         conversion_seconds=seconds,
         parity=figures,
         parity_note=note,

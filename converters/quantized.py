@@ -31,8 +31,6 @@ import contextlib
 import copy
 import dataclasses
 import sys
-import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,17 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.artifact import Artifact, OutputParity, size_and_sha256
+from converters.artifact import Artifact, OutputParity
 from converters.base import (
     ConversionError,
     TargetResult,
-    _check_names,
     _check_unit,
-    _move_into_place,
-    _remove,
-    _versions,
-    artifact_path,
     lowering_error,
+    stage_artifact,
     target_module,
 )
 from converters.parity import max_abs_diff, sqnr_db
@@ -124,48 +118,30 @@ def convert_quantized(
     precision = precision_for(plan, target)
     _check_unit(unit)
     module = target_module(target)
-    out_dir = Path(out_dir)
-    final = artifact_path(unit, target, precision, out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConversionError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from exc
-    tmp = out_dir / f".{unit.name}.{precision}.tmp-{uuid.uuid4().hex[:8]}{module.SUFFIX}"
+    reference: dict[str, nn.Module] = {}
 
-    try:
-        start = time.perf_counter()
+    def lower(tmp: Path) -> TargetResult:
         try:
-            result, reference = _LOWER[target](unit, plan, tmp)
+            result, reference["module"] = _LOWER[target](unit, plan, tmp)
         except (ConversionError, QuantError) as exc:
             raise ConversionError(str(exc)) from exc
         except OSError as exc:
             raise ConversionError(f"{target}: cannot write {tmp}: {exc.strerror or exc}") from exc
         except Exception as exc:
             raise lowering_error(exc, unit, target) from exc
-        seconds = time.perf_counter() - start
-        _check_names(unit, target, result)
-        figures, note = _parity(module, unit, plan, target, tmp, parity_inputs, result, reference, min_sqnr_db)
-        _move_into_place(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
+        return result
 
-    size, digest = size_and_sha256(final)
-    return Artifact(
-        target=target,
-        unit=unit.name,
-        path=final,
-        precision=precision,
-        inputs=result["inputs"],
-        outputs=result["outputs"],
-        size_bytes=size,
-        sha256=digest,
-        versions=_versions((*module.BACKENDS, "torchao")),
-        conversion_seconds=seconds,
-        parity=figures,
-        parity_note=note,
-        min_sqnr_db=min_sqnr_db if figures is not None else None,
-        facts=result["facts"],
+    return stage_artifact(
+        unit,
+        target,
+        precision,
+        out_dir,
+        lower=lower,
+        check=lambda tmp, result: _parity(
+            module, unit, plan, target, tmp, parity_inputs, result, reference["module"], min_sqnr_db
+        ),
+        backends=(*module.BACKENDS, "torchao"),
+        floor=min_sqnr_db,
     )
 
 
