@@ -9,18 +9,36 @@ Each target takes the plan in the form its runtime turns into integer kernels:
 - executorch: `quant.pt2e.PlanQuantizer` with the plan's weights and dynamic int8 activations → XNNPACK's
   qd8 GEMMs (all Linear/Conv delegated, float outputs). XNNPACK's static int8 GEMM needs quantized outputs,
   which wreck ViTs (see `quant.pt2e`), and it has no int8 batched matmul, so the plan's activation grids
-  and its activation-activation matmuls are not used here.
+  and its activation-activation matmuls are not used here. 4-bit Linear weights become XNNPACK's 4-bit
+  per-channel GEMM (qd8-f32-qc4w: two weights a byte): its partitioner takes a weight as 4-bit only when
+  declared int8 over [-8, 7], so they are declared so (`int4_full_range`, on weights snapped onto the plan's
+  restricted [-7, 7] grid, so the integers are the plan's). XNNPACK has no 4-bit convolution: a 4-bit Conv2d
+  is held as int8 storage of its 4-bit levels, and the facts say so. No 6-bit: XNNPACK's GEMMs take 4- or
+  8-bit weights only. The facts' `xnnpack_gemms` are read back from the written delegate graphs.
 - tflite: the plan's weights only, through litert-torch's dynamic-range mode: LiteRT's FULLY_CONNECTED /
   CONV_2D read int8 weights and quantize their activation inside the kernel (float in, float out). That
   mode also stores other large float weights the plan left out (e.g. transposed convs) as int8; the
   facts' `weight_dtypes_held` shows it.
-- coreml: weight compression of the converted ML program (`linear_quantize_weights`, per-channel
-  symmetric, int8 or int4 per layer) from weights first snapped to the plan's grid, so the stored integers
-  are the plan's. Core ML keeps activations in fp16 here.
+- coreml: W8A8 through PT2E, as the design says: the plan's q/dq graph (`activations="plan"`, the plan's
+  fixed activation grids on every planned Linear/Conv/MatMul input, weights as integer constants) is
+  converted by coremltools' torch.export frontend into MIL `quantize`/`dequantize` ops (iOS17+) and
+  constexpr weight ops holding the plan's integers: int8 (`constexpr_affine_dequantize` on iOS17, or
+  `constexpr_blockwise_shift_scale` on iOS18+, where a weight whose levels fit 4 bits is stored as int4).
+  6-bit weights become palettes (`coremltools.optimize.coreml.palettize_weights`, joint compression on
+  the int8 levels): 6-bit indices into an int8 LUT holding the plan's 63 levels, scaled per output
+  channel. Core ML before iOS 26 cannot apply a per-channel scale after a shared LUT, so on iOS 18 every
+  output channel carries its own 64-byte LUT (about 6 + 512/in_features bits a weight: 7.3 at 384 inputs,
+  6.5 at 1024); iOS 26 keeps one LUT per tensor (6 bits). Plans with 6-bit weights therefore target iOS 26
+  unless `coreml_target="iOS18"` is asked. `coremltools.optimize.coreml.linear_quantize_activations` is
+  not used: it calibrates by running the model (`predict`, macOS only), while the plan already holds
+  every activation grid. Scales are stored in fp16, the compute precision (relative error <= 2^-11).
+  Every plan layer's integers are found in the saved program and checked against the plan; no runtime
+  here, so parity runs only on macOS.
 
 Parity is gated against each artifact's reference, the torch model computing what the target should:
 the fake-quant model (`quant.fake_quant.apply_plan`, the thing calibration and mixed precision judged) for
-onnx, the PT2E graph with dynamic activations for executorch and tflite. SQNR against the plan's fake-quant
+onnx, the PT2E graph with dynamic activations for executorch and tflite, the PT2E graph with the plan's
+activation grids (the fake-quant model, written as q/dq ops) for coreml. SQNR against the plan's fake-quant
 model and against fp32 is reported beside it: with dynamic activations an artifact is usually *closer* to
 fp32 than the plan's static grids are, so the distance to fake-quant is no test of the lowering there.
 """
@@ -28,8 +46,8 @@ fp32 than the plan's static grids are, so the distance to fake-quant is no test 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
+import functools
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -57,8 +75,14 @@ from quant.fake_quant import apply_plan
 from quant.plan import QuantPlan, TensorQParams
 
 # Weight and activation bit-widths each target holds natively (None: activations stay float there).
-WEIGHT_BITS: dict[str, tuple[int, ...]] = {"onnx": (8,), "executorch": (8,), "tflite": (8,), "coreml": (4, 8)}
-ACT_BITS: dict[str, tuple[int, ...] | None] = {"onnx": (8,), "executorch": (8,), "tflite": (8,), "coreml": None}
+WEIGHT_BITS: dict[str, tuple[int, ...]] = {"onnx": (8,), "executorch": (4, 8), "tflite": (8,), "coreml": (4, 6, 8)}
+ACT_BITS: dict[str, tuple[int, ...] | None] = {"onnx": (8,), "executorch": (8,), "tflite": (8,), "coreml": (8,)}
+
+# Core ML deployment targets, oldest first, and the oldest one that stores each weight width as planned:
+# int8 weights and quantize/dequantize ops need iOS 17, int4 iOS 18, a 6-bit palette with one LUT per tensor
+# iOS 26 (iOS 18 holds it with one LUT per output channel, see the module doc).
+COREML_TARGETS = ("iOS17", "iOS18", "iOS26")
+_COREML_MIN_TARGET = {8: "iOS17", 4: "iOS18", 6: "iOS26"}
 
 # Why 25 dB and not the 60 dB of an fp32 lowering: a quantized network is chaotic in its rounding. Two
 # correct int8 implementations of one plan differ wherever a value lands within float error of a rounding
@@ -79,7 +103,12 @@ def held_bits(target: str) -> str:
 
 
 def precision_for(plan: QuantPlan, target: str) -> str:
-    """The artifact precision name for `plan` on `target`; ConversionError naming the bits it can hold."""
+    """The artifact precision name for `plan` on `target`; ConversionError naming the bits it can hold.
+
+    "int8" for an all-8-bit plan on onnx/executorch/tflite; "w<weight bits>a8" otherwise (every coreml
+    artifact, which now holds int8 activations too, and executorch with 4-bit weights), e.g. "w8a8",
+    "w4-8a8" (4- and 8-bit weights), "w4-6-8a8".
+    """
     if target not in WEIGHT_BITS:
         raise ConversionError(f"unknown target {target!r}; valid targets: {', '.join(WEIGHT_BITS)}")
     for kind, held, bits_of in (
@@ -95,8 +124,11 @@ def precision_for(plan: QuantPlan, target: str) -> str:
                 f"{target} holds {held_bits(target)}; the plan has {'/'.join(map(str, bits))}-bit {kind}s in "
                 f"{len(bad)} layer(s) (e.g. {bad[0].name!r}): re-plan for {target} or choose another target"
             )
-    weight_bits = {lq.weight_bits for lq in plan.layers.values() if lq.weight is not None}
-    return "int4-weights" if target == "coreml" and 4 in weight_bits else "int8"
+    weight_bits = sorted({lq.weight_bits for lq in plan.layers.values() if lq.weight is not None})
+    if target == "coreml" or weight_bits not in ([], [8]):
+        # W8A8 and the like: weight widths held (e.g. "w4-8a8" for a mixed plan), then activation bits.
+        return f"w{'-'.join(map(str, weight_bits)) or '16'}a8"
+    return "int8"
 
 
 def convert_quantized(
@@ -107,22 +139,27 @@ def convert_quantized(
     *,
     parity_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
     min_sqnr_db: float = MIN_SQNR_VS_REFERENCE_DB,
+    coreml_target: str | None = None,
 ) -> Artifact:
     """Lower `unit` quantized as `plan` says for `target`, check it against its reference, and return it.
 
     `unit.module` must be the model the plan was calibrated on (after SQ-b, if it ran). Parity runs on
     `parity_inputs`, tuples shaped like the unit's example inputs (default: the example inputs alone), which
     should be held-out real data. As with `convert`, the file appears in `out_dir` only once it loads and
-    passes parity.
+    passes parity. `coreml_target` sets Core ML's minimum deployment target (one of `COREML_TARGETS`; None:
+    the oldest that stores the plan's weights at their planned size, see `coreml_deployment_target`).
     """
     precision = precision_for(plan, target)
+    lowering = _LOWER[target]
+    if target == "coreml":
+        lowering = functools.partial(_lower_coreml, deployment=coreml_deployment_target(plan, coreml_target))
     _check_unit(unit)
     module = target_module(target)
     reference: dict[str, nn.Module] = {}
 
     def lower(tmp: Path) -> TargetResult:
         try:
-            result, reference["module"] = _LOWER[target](unit, plan, tmp)
+            result, reference["module"] = lowering(unit, plan, tmp)
         except (ConversionError, QuantError) as exc:
             raise ConversionError(str(exc)) from exc
         except OSError as exc:
@@ -143,6 +180,24 @@ def convert_quantized(
         backends=(*module.BACKENDS, "torchao"),
         floor=min_sqnr_db,
     )
+
+
+def coreml_deployment_target(plan: QuantPlan, requested: str | None = None) -> str:
+    """Core ML minimum deployment target for `plan`: `requested`, or the oldest that stores its weights as
+    planned; ConversionError if `requested` cannot hold them (6-bit palettes are allowed from iOS 18 on)."""
+    bits = {lq.weight_bits for lq in plan.layers.values() if lq.weight is not None} or {8}
+    needed = max((_COREML_MIN_TARGET[b] for b in bits), key=COREML_TARGETS.index)
+    if requested is None:
+        return needed
+    if requested not in COREML_TARGETS:
+        raise ConversionError(f"unknown Core ML target {requested!r}; valid: {', '.join(COREML_TARGETS)}")
+    floor = "iOS18" if needed == "iOS26" else needed  # iOS 18 holds 6 bits too, one LUT per output channel
+    if COREML_TARGETS.index(requested) < COREML_TARGETS.index(floor):
+        raise ConversionError(
+            f"Core ML {requested} cannot hold this plan's {'/'.join(map(str, sorted(bits)))}-bit weights: "
+            f"int4 and 6-bit palettes need iOS18 or later"
+        )
+    return requested
 
 
 def _parity(
@@ -403,22 +458,43 @@ def _gemm_plan(plan: QuantPlan) -> QuantPlan:
 
 def _lower_executorch(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
     from converters import executorch_target
-    from quant.pt2e import quantize_pt2e
+    from quant.pt2e import is_int4_linear, quantize_pt2e
 
     gemms = _gemm_plan(plan)
-    graph = quantize_pt2e(unit.module, unit.example_inputs, gemms, activations="dynamic")
+    graph = quantize_pt2e(unit.module, unit.example_inputs, gemms, activations="dynamic", int4_full_range=True)
     result = executorch_target.convert(_pt2e_unit(unit, graph), "fp32", path)
+    xnn = executorch_target.xnnpack_gemm_dtypes(path)
+    int4 = [name for name, lq in gemms.layers.items() if is_int4_linear(lq)]
+    held4 = xnn.get("linear", {}).get("weights", {}).get("qcint4", 0)
+    if held4 != len(int4):
+        raise ConversionError(
+            f"executorch: the plan has {len(int4)} 4-bit Linear layer(s) but XNNPACK holds {held4} 4-bit "
+            f"(qcint4) GEMM weight(s) in the written program (e.g. {int4[0] if int4 else '-'!r})"
+        )
+    narrow_convs = sorted(n for n, lq in gemms.layers.items() if lq.kind == "conv2d" and (lq.weight_bits or 8) < 8)
     facts = dict(result["facts"])
     facts["quant"] = _quant_facts(
         gemms,
         "executorch",
-        "PT2E PlanQuantizer: plan weights (int8 per-channel), dynamic int8 activations → XNNPACK qd8",
+        "PT2E PlanQuantizer: plan weights (per-channel int8; 4-bit Linear weights as XNNPACK qc4w), dynamic "
+        "int8 activations → XNNPACK qd8 GEMMs",
         _DYNAMIC,
-        int8_layers=len(gemms.layers),
+        int8_layers=len(gemms.layers) - len(int4),
+        int4_layers=len(int4),
+        int4_convs_in_int8_storage=narrow_convs,
         fp32_layers=sorted(set(plan.layers) - set(gemms.layers)),
+        xnnpack_gemms=xnn,
+        weight_bits_held={
+            kind: {_XNN_BITS.get(dtype, dtype): n for dtype, n in counts["weights"].items()}
+            for kind, counts in xnn.items()
+        },
         activations="dynamic per-tensor int8 (the plan's static activation grids are not used)",
     )
     return TargetResult(inputs=result["inputs"], outputs=result["outputs"], facts=facts), graph
+
+
+# XNNPACK weight datatypes in the words the other targets' facts use.
+_XNN_BITS = {"qcint8": "int8", "qcint4": "int4", "qbint4": "int4-blockwise", "qint8": "int8-per-tensor"}
 
 
 def _lower_tflite(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
@@ -477,112 +553,164 @@ def _tflite_weight_dtypes(runner: Any) -> dict[str, Counter[str]]:
 # ---------------------------------------------------------------------------------------------------- coreml
 
 
-def _lower_coreml(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
+def _lower_coreml(
+    unit: DeployUnit, plan: QuantPlan, path: Path, deployment: str = "iOS17"
+) -> tuple[TargetResult, nn.Module]:
     import coremltools as ct
-    import coremltools.optimize.coreml as cto
 
-    from converters.coreml_target import feature_specs, io_types, mil_op_summary
-    from quant.fake_quant import FakeQuantize
+    from converters.coreml_target import feature_specs, gemm_weights, io_types, load_program, mil_op_summary, save
+    from quant.pt2e import quantize_pt2e
 
-    snapped = copy.deepcopy(unit.module).eval()
-    with torch.no_grad():
-        for name, layer in plan.layers.items():
-            if layer.weight is not None:
-                weight = snapped.get_submodule(name).weight
-                weight.copy_(FakeQuantize(layer.weight)(weight))
-    int4 = any(lq.weight_bits == 4 for lq in plan.layers.values())
-    deployment = ct.target.iOS18 if int4 else ct.target.iOS17
-    exported = torch.export.export(snapped, unit.example_inputs, strict=False).run_decompositions({})
+    graph = quantize_pt2e(unit.module, unit.example_inputs, plan, activations="plan")
+    graph.eval()  # PT2E's patched eval() returns None, so not chained
+    exported = torch.export.export(graph, unit.example_inputs, strict=False).run_decompositions({})
     inputs, outputs = io_types(unit)
     model = ct.convert(
         exported,
         convert_to="mlprogram",
-        minimum_deployment_target=deployment,
+        minimum_deployment_target=getattr(ct.target, deployment),
         compute_precision=ct.precision.FLOAT16,
         inputs=inputs,
         outputs=outputs,
         skip_model_load=True,
     )
-    consts = _coreml_weight_consts(model._mil_program, plan)
-    configs = {
-        const: cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric",
-            dtype=f"int{plan.layers[layer].weight_bits}",
-            granularity="per_channel",
-            weight_threshold=0,
-        )
-        for layer, const in consts.items()
-    }
-    model = cto.linear_quantize_weights(model, cto.OptimizationConfig(op_name_configs=configs))
-    model.save(str(path))
+    six = [name for name, lq in plan.layers.items() if lq.weight_bits == 6]
+    if six:
+        model = _palettize_6bit(model, _coreml_layers(model._mil_program, plan, unit.module), six)
+    save(model, path)
 
+    # Every fact below is read back from the saved package.
     spec = ct.utils.load_spec(str(path))
-    held = _coreml_weight_bits(model._mil_program)  # the program just saved (a loaded package has none)
+    program = load_program(path)
+    layers = _coreml_layers(program, plan, unit.module)
+    held: dict[str, Counter[str]] = {}
+    for w in gemm_weights(program):
+        held.setdefault(w.op_type, Counter())[w.storage] += 1
+    storage: dict[str, dict[str, float]] = {}
+    for w in layers.values():
+        entry = storage.setdefault(w.storage, {"layers": 0, "weights": 0, "bytes": 0})
+        entry["layers"] += 1
+        entry["weights"] += int(np.prod(w.shape))
+        entry["bytes"] += w.stored_bytes
+    for entry in storage.values():
+        entry["bits_per_weight"] = round(8 * entry["bytes"] / entry["weights"], 3)
     facts = {
         "spec_version": spec.specificationVersion,
-        "minimum_deployment_target": "iOS18" if int4 else "iOS17",
+        "minimum_deployment_target": deployment,
         **mil_op_summary(spec.mlProgram),
     }
     facts["quant"] = _quant_facts(
         plan,
         "coreml",
-        "linear_quantize_weights (per-channel symmetric) on weights snapped to the plan's grid",
-        f"{_FAKE_QUANT} (with fp16 activations)",
-        weight_bits_held=held,
+        "PT2E PlanQuantizer (plan weights and activation grids) → coremltools: MIL quantize/dequantize on "
+        "every planned input, constexpr int8/int4 weights, 6-bit weights palettized (palettize_weights, "
+        "joint compression: uint6 indices into an int8 LUT)",
+        _STATIC,
+        weight_bits_held={kind: dict(c) for kind, c in sorted(held.items())},
+        weight_storage=storage,
+        activation_quantization=_coreml_activations(program, plan, layers),
+        palette_lut="per tensor" if deployment == "iOS26" else "per output channel (Core ML before iOS 26)",
+        scale_dtype="fp16",
     )
     result = TargetResult(
         inputs=feature_specs(spec.description.input), outputs=feature_specs(spec.description.output), facts=facts
     )
-    return result, apply_plan(unit.module, plan)
+    return result, graph
 
 
-def _coreml_gemms(program: Any) -> list[Any]:
-    return [op for op in program.functions["main"].operations if op.op_type in ("linear", "conv", "matmul")]
+_STATIC = "the PT2E graph: plan weights and the plan's activation grids (= the fake-quant model), run in fp32"
 
 
-def _coreml_weight_consts(program: Any, plan: QuantPlan) -> dict[str, str]:
-    """Plan layer → name of the MIL const holding its weight (named `p_<module_path>_weight[_to_fp16]`)."""
-    by_param = {}
-    for op in _coreml_gemms(program):
-        weight = op.inputs.get("weight") if op.op_type != "matmul" else None
-        if weight is not None and weight.op is not None and weight.op.op_type == "const":
-            by_param[weight.op.name.removeprefix("p_").removesuffix("_to_fp16")] = weight.op.name
-    found, missing = {}, []
+def _coreml_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str, Any]:
+    """Plan layer → the `HeldWeight` in `program` holding exactly its integers, with its scales checked.
+
+    Found by value (the converter names weights after graph nodes, not modules): a plan layer whose integer
+    levels are nowhere in the program, or stored with another scale, is a lowering bug and fails here.
+    """
+    from converters.coreml_target import gemm_weights
+
+    pool = [w for w in gemm_weights(program) if w.levels is not None]
+    found = {}
     for name, layer in plan.layers.items():
-        if layer.weight is None:
+        q = layer.weight
+        if q is None:
             continue
-        const = by_param.get(name.replace(".", "_") + "_weight")
-        if const is None:
-            missing.append(name)
-        else:
-            found[name] = const
-    if missing:
-        raise ConversionError(
-            f"coreml: no weight const for plan layer {missing[0]!r} in the ML program (the converter renamed "
-            "or folded it)"
-        )
+        weight = module.get_submodule(name).weight.detach().numpy()
+        axis = q.ch_axis if q.ch_axis is not None else 0
+        want = _quantize_array(weight, q, axis).astype(np.int32)
+        match = next((w for w in pool if w.shape == want.shape and np.array_equal(w.levels, want)), None)
+        if match is None:
+            raise ConversionError(
+                f"coreml: the {q.bits}-bit integers of plan layer {name!r} are not in the ML program (a weight the "
+                "converter folded, transposed or re-quantized)"
+            )
+        pool.remove(match)
+        shape = [1] * want.ndim
+        shape[axis] = -1
+        planned = np.asarray(q.scale, np.float32).reshape(shape)
+        if not np.allclose(match.scale, planned, rtol=2.0**-10, atol=2.0**-24):
+            raise ConversionError(f"coreml: plan layer {name!r} is stored with scales other than the plan's")
+        found[name] = match
     return found
 
 
-def _coreml_weight_bits(program: Any) -> dict[str, dict[str, int]]:
-    """For each GEMM kind, how many ops read an int8 / int4 / float weight in the saved program."""
-    from coremltools.converters.mil.mil.types import builtin_to_string
+def _six_bit_lut(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`palettize_weights` custom LUT for a 6-bit plan grid: all 64 signed levels, indices = level + 32."""
+    levels = np.asarray(levels).reshape(-1).astype(np.int64)
+    if levels.size and (levels.min() < -32 or levels.max() > 31):
+        raise ConversionError(f"coreml: 6-bit levels expected, found {levels.min()}..{levels.max()}")
+    return np.arange(-32, 32), (levels + 32).astype(np.uint8)
 
-    held: dict[str, Counter[str]] = {}
-    for op in _coreml_gemms(program):
-        weight = op.inputs.get("weight") if op.op_type != "matmul" else op.inputs.get("y")
-        if weight is None or weight.op is None:
-            continue
-        source = weight.op
-        if source.op_type.startswith("constexpr"):
-            data = source.inputs.get("data", source.inputs.get("quantized_data"))
-            bits = builtin_to_string(data.dtype) if data is not None else "unknown"
-        elif source.op_type == "const":
-            bits = builtin_to_string(weight.dtype)
-        else:
-            continue  # an activation operand, not a weight
-        held.setdefault(op.op_type, Counter())[bits] += 1
-    return {kind: dict(c) for kind, c in held.items()}
+
+def _palettize_6bit(model: Any, layers: dict[str, Any], six: list[str]) -> Any:
+    """The 6-bit layers' int8 levels turned into 6-bit palettes by coremltools' joint compression."""
+    import coremltools.optimize.coreml as cto
+
+    # The config is looked up through the const's constexpr consumer, named after the weight op it feeds.
+    configs = {
+        layers[name].source: cto.OpPalettizerConfig(
+            mode="custom", lut_function=_six_bit_lut, granularity="per_tensor", weight_threshold=0
+        )
+        for name in six
+    }
+    return cto.palettize_weights(model, cto.OptimizationConfig(op_name_configs=configs), joint_compression=True)
+
+
+def _coreml_activations(program: Any, plan: QuantPlan, layers: dict[str, Any]) -> dict[str, Any]:
+    """What the saved program does to activations: quantize ops by dtype, and which planned GEMM inputs come
+    through a dequantize with the plan's grid (checked for the weighted layers, counted for matmuls)."""
+    from converters.coreml_target import _walk_pymil_ops
+
+    ops = list(_walk_pymil_ops(program))
+    by_name = {op.name: op for op in ops}
+    dtypes = Counter(str(op.output_dtype.val) for op in ops if op.op_type == "quantize")
+    quantized: Counter[str] = Counter()
+    for op in ops:
+        if op.op_type in ("linear", "conv", "matmul"):
+            slots = ("x", "y") if op.op_type == "matmul" else ("x",)
+            if all(op.inputs[s].op is not None and op.inputs[s].op.op_type == "dequantize" for s in slots):
+                quantized[op.op_type] += 1
+    for name, held in layers.items():
+        q = plan.layers[name].inputs[0]
+        source = by_name[held.op_name].inputs["x"].op
+        if source is None or source.op_type != "dequantize":
+            raise ConversionError(f"coreml: the input of plan layer {name!r} is not quantized in the ML program")
+        scale = float(source.scale.val)
+        zero = int(source.zero_point.val) if source.zero_point is not None else 0
+        low = 0 if source.input.dtype.is_unsigned() else -128
+        if not (abs(scale - q.scale[0]) <= 2.0**-10 * q.scale[0] and zero - low == q.zero_point[0] - q.quant_min):
+            raise ConversionError(f"coreml: the input grid of plan layer {name!r} is not the plan's")
+    matmuls = sum(lq.kind == "matmul" for lq in plan.layers.values())
+    if quantized["matmul"] < matmuls:
+        raise ConversionError(
+            f"coreml: the plan quantizes {matmuls} matmul(s), the ML program only {quantized['matmul']}"
+        )
+    return {
+        "quantize_ops": sum(dtypes.values()),
+        "dequantize_ops": sum(op.op_type == "dequantize" for op in ops),
+        "quantize_dtypes": dict(dtypes),
+        "quantized_gemm_inputs": dict(quantized),
+    }
 
 
 _LOWER = {"onnx": _lower_onnx, "executorch": _lower_executorch, "tflite": _lower_tflite, "coreml": _lower_coreml}

@@ -77,6 +77,19 @@ def convert_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt) to load strictly.")] = None,
     target: Annotated[str, typer.Option(help="coreml, tflite, executorch, onnx or all.")] = "all",
     precision: Annotated[str | None, typer.Option(help="fp32 or fp16 (default: each target's own).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a model config field, KEY=VALUE (repeatable).")
+    ] = None,
+    quant: Annotated[
+        str | None, typer.Option(help="Quantize first: ptq, qhyvit or mptq (same as `edgevit quantize --method`).")
+    ] = None,
+    bits: Annotated[str | None, typer.Option(help="With --quant: weight bits 8, 6, 4 or mixed (default 8).")] = None,
+    budget_mb: Annotated[
+        float | None, typer.Option("--budget-mb", help="With --quant: quantized-weight budget in MB.")
+    ] = None,
+    calib: Annotated[
+        str | None, typer.Option(help="With --quant: calibration folder, video, or 'builtin' (the default).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest.json + artifacts).")] = Path("bundle"),
     force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -84,10 +97,13 @@ def convert_cmd(
     """Convert every deploy unit of a model into a verified bundle (parity checked where a runtime exists).
 
     Example: edgevit convert --model efficienttam --variant ti_512 --target coreml --out bundle/
-    """
-    from edgevit.commands.convert import convert
 
-    convert(model, variant, checkpoint, target, precision, out, force, as_json)
+    Example (int8): edgevit convert --model efficienttam --target coreml --quant ptq --bits 8 --out bundle-int8/
+    """
+    from edgevit.commands.convert import QuantOptions, convert
+
+    quant_options = QuantOptions.from_flags(quant, bits, budget_mb, calib, precision)
+    convert(model, variant, checkpoint, set_ or [], target, precision, quant_options, out, force, as_json)
 
 
 @app.command("inspect")
@@ -112,7 +128,9 @@ def quantize_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a model config field, KEY=VALUE (repeatable).")
     ] = None,
-    method: Annotated[str, typer.Option(help="ptq (min/max) or mptq (SQ-b smoothing, then ptq).")] = "ptq",
+    method: Annotated[
+        str, typer.Option(help="ptq (min/max), qhyvit (scale search + bridge reconstruction) or mptq (SQ-b, then ptq).")
+    ] = "ptq",
     bits: Annotated[str, typer.Option(help="Weight bits: 8, 6, 4 or mixed; activations are 8-bit.")] = "8",
     budget_mb: Annotated[
         float | None, typer.Option("--budget-mb", help="Quantized-weight budget in MB (required by --bits mixed).")
@@ -122,6 +140,9 @@ def quantize_cmd(
     ] = "builtin",
     target: Annotated[str, typer.Option(help="onnx, executorch, tflite, coreml or all.")] = "all",
     explain: Annotated[bool, typer.Option(help="Print the plan, or the mixed-precision sensitivity table.")] = False,
+    recon_iters: Annotated[
+        int, typer.Option("--recon-iters", help="qhyvit: learned-rounding steps per block (fewer: faster, coarser).")
+    ] = 200,
     out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest + artifacts + plans).")] = Path(
         "bundle-int8"
     ),
@@ -135,7 +156,20 @@ def quantize_cmd(
     from edgevit.commands.quantize import quantize
 
     quantize(
-        model, variant, checkpoint, set_ or [], method, bits, budget_mb, calib, target, explain, out, force, as_json
+        model,
+        variant,
+        checkpoint,
+        set_ or [],
+        method,
+        bits,
+        budget_mb,
+        calib,
+        target,
+        explain,
+        out,
+        force,
+        as_json,
+        recon_iters,
     )
 
 

@@ -16,10 +16,24 @@ LayerNorm outliers' range and GELU then discards their negative half). Their int
 take activations quantized at run time from each tensor's own range instead (`"dynamic"`: XNNPACK's qd8;
 `"weights"`: only the weights are annotated, and LiteRT's dynamic-range kernels quantize the activation
 inside the kernel). The plan's weights are used exactly in every mode.
+
+Weights are snapped onto the plan's grid before export (`snap_weights`): PT2E's quantize computes
+round(w * (1/s)) where fake-quant computes round(w / s), and the two differ on a few weights that sit at a
+rounding tie (measured: 1 to 3 weights in a million on a ViT-Ti, by one level). On a snapped weight both give the
+plan's integer exactly, so every PT2E-fed artifact holds the integers fake-quant judged.
+
+4-bit weights: a symmetric 4-bit plan grid is the restricted [-7, 7] (quant.observers), held in int8 storage.
+XNNPACK's partitioner takes a weight as 4-bit (its qc4w GEMMs: 4-bit per-channel weights, packed two to a
+byte) only when its spec says exactly int8 over [-8, 7], and stores anything else as int8. `int4_full_range`
+declares the plan's 4-bit per-channel Linear weights over [-8, 7]; the integers stay the plan's, since a
+snapped weight never rounds to -8. Convolutions keep the plan's declaration: XNNPACK has no 4-bit
+convolution (its qc4w packing takes 2-D weights only).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +50,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from quant.errors import QuantError
+from quant.observers import fake_quantize
 from quant.plan import LayerKind, LayerQuant, QuantPlan, TensorQParams
 
 # How the plan's activation inputs are rendered: its fixed grids, int8 computed per call from each tensor's
@@ -130,6 +145,48 @@ def dynamic_activation_spec() -> QuantizationSpec:
     )
 
 
+def is_int4_linear(layer: LayerQuant) -> bool:
+    """A Linear whose plan grid is 4-bit symmetric per-channel: the weights XNNPACK can hold as 4-bit."""
+    q = layer.weight
+    return (
+        layer.kind == "linear"
+        and q is not None
+        and q.bits == 4
+        and q.symmetric
+        and q.granularity == "per_channel"
+        and (q.quant_min, q.quant_max) == (-7, 7)
+    )
+
+
+def full_range_int4(q: TensorQParams) -> TensorQParams:
+    """The same 4-bit grid declared over [-8, 7], the form XNNPACK's partitioner recognises as 4-bit."""
+    return dataclasses.replace(q, quant_min=-8)
+
+
+@torch.no_grad()
+def snap_weights(module: nn.Module, plan: QuantPlan, names: Sequence[str] | None = None) -> nn.Module:
+    """A copy of `module` whose planned weights (all, or `names`) already lie on the plan's grid.
+
+    Quantizing a snapped weight with the plan's qparams gives back exactly the plan's integers whatever
+    clamp range the quantizer declares, and the float model computes what the quantized one will.
+    Layers the module lacks, or whose weight does not fit the plan's scales, are left as they are, for the
+    quantizer to name (a plan made for another model).
+    """
+    snapped = copy.deepcopy(module)
+    for name in plan.layers if names is None else names:
+        q = plan.layers[name].weight
+        try:
+            weight = snapped.get_submodule(name).weight
+        except AttributeError:
+            continue
+        channels = weight.shape[q.ch_axis] if q is not None and q.ch_axis is not None else 1
+        if q is None or not isinstance(weight, Tensor) or channels != len(q.scale):
+            continue
+        scale, zero_point = q.tensors()
+        weight.copy_(fake_quantize(weight, scale, zero_point, q.quant_min, q.quant_max, q.ch_axis))
+    return snapped
+
+
 def node_owner(node: torch.fx.Node) -> str | None:
     """Qualified name of the innermost module that called `node`'s op (None for top-level code)."""
     stack = node.meta.get("nn_module_stack")
@@ -139,10 +196,11 @@ def node_owner(node: torch.fx.Node) -> str | None:
 class PlanQuantizer(Quantizer):
     """Annotates the plan's layers with the plan's qparams, and nothing else; outputs stay float as planned.
 
-    `activations` is one of `ACTIVATION_MODES` (see the module doc).
+    `activations` is one of `ACTIVATION_MODES` (see the module doc); `int4_full_range` declares 4-bit Linear
+    weights over [-8, 7] (see the module doc: only safe on weights snapped onto the plan's grid).
     """
 
-    def __init__(self, plan: QuantPlan, activations: str = "plan") -> None:
+    def __init__(self, plan: QuantPlan, activations: str = "plan", int4_full_range: bool = False) -> None:
         super().__init__()
         if activations not in ACTIVATION_MODES:
             raise QuantError(f"unknown activation mode {activations!r}; valid: {', '.join(ACTIVATION_MODES)}")
@@ -154,6 +212,7 @@ class PlanQuantizer(Quantizer):
             )
         self.plan = plan
         self.activations = activations
+        self.int4_full_range = int4_full_range
         self.annotated: dict[str, int] = {}
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -182,7 +241,8 @@ class PlanQuantizer(Quantizer):
         elif self.activations == "dynamic":
             specs[args[0]] = dynamic_activation_spec()
         if layer.weight is not None:
-            specs[args[1]] = weight_spec(layer.weight)
+            wide = self.int4_full_range and is_int4_linear(layer)
+            specs[args[1]] = weight_spec(full_range_int4(layer.weight) if wide else layer.weight)
         return specs
 
     def validate(self, model: torch.fx.GraphModule) -> None:
@@ -203,21 +263,25 @@ def quantize_pt2e(
     *,
     activations: str = "plan",
     fold_weights: bool = True,
+    int4_full_range: bool = False,
 ) -> torch.fx.GraphModule:
     """Export `module`, annotate it with `plan`, and return the converted q/dq graph module.
 
     Every qparam is fixed (or computed at run time), so calibration is the single call on `example_inputs`
     PT2E needs to see shapes. `fold_weights` stores weights as integer constants feeding a dequantize (what
     XNNPACK takes); LiteRT's converter wants them unfolded, as float → quantize → dequantize.
+    `int4_full_range` declares 4-bit Linear weights as XNNPACK's 4-bit GEMMs want them (see the module
+    doc). What is exported is a copy of `module` with the planned weights snapped onto the plan's grid.
     """
     example_inputs = tuple(example_inputs)
+    module = snap_weights(module, plan)
     was_training = module.training
     module.eval()
     try:
         graph = torch.export.export(module, example_inputs, strict=False).module()
     finally:
         module.train(was_training)
-    prepared = prepare_pt2e(graph, PlanQuantizer(plan, activations))
+    prepared = prepare_pt2e(graph, PlanQuantizer(plan, activations, int4_full_range))
     prepared(*example_inputs)
     # .eval()/.train() are no-ops on it then, so code that toggles modes (metrics, runners) can call it.
     return allow_exported_model_train_eval(convert_pt2e(prepared, fold_quantize=fold_weights))

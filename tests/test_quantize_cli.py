@@ -100,7 +100,7 @@ def _folder(tmp_path: Path, good: int, broken: int) -> str:
         ({"bits": "mixed", "budget": 1.0, "target": "tflite"}, EdgevitError, "more than one weight width"),
         ({"bits": "mixed", "budget": 0.01, "target": "coreml"}, QuantError, "weight budget 0.01 MB cannot be met"),
         ({"bits": "8", "budget": 0.5}, QuantError, "the W8 plan holds 1.03 MB of quantized weights, over the 0.5"),
-        ({"method": "gptq"}, EdgevitError, "unknown method 'gptq'; valid: ptq, mptq"),
+        ({"method": "gptq"}, EdgevitError, "unknown method 'gptq'; valid: ptq, qhyvit, mptq"),
         ({"calib": "nowhere/"}, EdgevitError, "calibration source 'nowhere/' does not exist"),
         ({"calib": "EMPTY"}, EdgevitError, "gave 0 image(s); calibration needs at least 10"),
         ({"calib": "FEW"}, EdgevitError, "gave 3 image(s) (1 unreadable, e.g. broken0.png); calibration needs"),

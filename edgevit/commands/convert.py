@@ -4,17 +4,46 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """`--quant` and its companions: `edgevit convert --quant M` is `edgevit quantize --method M`."""
+
+    method: str
+    bits: str
+    budget_mb: float | None
+    calib: str
+
+    @classmethod
+    def from_flags(
+        cls, method: str | None, bits: str | None, budget_mb: float | None, calib: str | None, precision: str | None
+    ) -> QuantOptions | None:
+        """None for a float conversion; refuses quantization flags without `--quant` and `--precision` with it."""
+        if method is None:
+            flags = (("--bits", bits), ("--budget-mb", budget_mb), ("--calib", calib))
+            given = [flag for flag, value in flags if value is not None]
+            if given:
+                raise EdgevitError(f"{', '.join(given)} only apply with --quant ptq|qhyvit|mptq")
+            return None
+        if precision is not None:
+            raise EdgevitError("--precision sets float artifacts; with --quant the plan sets the bits (drop one)")
+        return cls(method, bits or "8", budget_mb, calib or "builtin")
 
 
 def convert(
     model_name: str,
     variant: str | None,
     checkpoint: Path | None,
+    overrides: Sequence[str],
     target: str,
     precision: str | None,
+    quant: QuantOptions | None,
     out: Path,
     force: bool,
     as_json: bool,
@@ -25,16 +54,23 @@ def convert(
     from converters.base import ConversionError
     from edgevit.bundle import resolve_targets, weights_origin, write_bundle
     from edgevit.commands.inspect import print_table
+    from edgevit.commands.quantize import parse_overrides, quantize
     from edgevit.io import check_out
     from edgevit.models import create
     from edgevit.quiet import backend_output_to_log
 
+    if quant is not None:
+        quantize(
+            model_name, variant, checkpoint, overrides, quant.method, quant.bits, quant.budget_mb, quant.calib,
+            target, False, out, force, as_json,
+        )  # fmt: skip
+        return
     console = Console(stderr=True)
     targets = resolve_targets(target)
     if precision is not None and precision not in ("fp32", "fp16"):
         raise EdgevitError(f"unknown precision {precision!r}; valid: fp32, fp16")
     check_out(out, force)
-    model = create(model_name, variant, checkpoint=checkpoint)
+    model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
     if weights_origin(model) == "random":
         console.print(
             "[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, outputs meaningless)[/]"

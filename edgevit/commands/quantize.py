@@ -1,9 +1,13 @@
-"""`edgevit quantize`: calibrate on real images, plan the bits, and write int8/int4 artifacts in a bundle.
+"""`edgevit quantize` (and `edgevit convert --quant`): calibrate on real data, plan the bits, and write
+low-bit artifacts in a bundle.
 
 Methods: `ptq` (min/max calibration, per-channel symmetric weights, per-tensor activations on Linear/Conv
-inputs only) and `mptq` (MPTQ-ViT: SQ-b smoothing with a per-layer search of its strength, then the same
-calibration). `--bits mixed` spends a weight budget (`--budget-mb`) where a per-layer sensitivity table
-says it matters, over the weight widths the chosen targets can hold.
+inputs only), `qhyvit` (Q-HyViT: BN folding, output-aware scale/granularity/scheme search, block-wise
+learned rounding with the hybrid's conv→attention bridges reconstructed jointly) and `mptq` (MPTQ-ViT: SQ-b
+smoothing with a per-layer search of its strength, then the same calibration). `--bits mixed` spends a
+weight budget (`--budget-mb`) where a per-layer sensitivity table says it matters, over the weight widths
+the chosen targets can hold. Every deploy unit is calibrated on what it sees in use (`edgevit.unit_data`):
+EfficientTAM's memory and decoder units on inputs recorded while the model tracks real frames.
 """
 
 from __future__ import annotations
@@ -22,14 +26,11 @@ from torch import nn
 
 from converters.unit import DeployUnit
 from edgevit.errors import EdgevitError
-from edgevit.models.spec import ModelSpec
 from quant.plan import QuantPlan
 
-METHODS = ("ptq", "mptq")
+METHODS = ("ptq", "qhyvit", "mptq")
 BITS = ("8", "6", "4", "mixed")
-MIN_CALIB_IMAGES = 8  # observers see every image; fewer than this and one photo's range dominates
-MIN_HELD_OUT = 2  # images kept out of calibration, to check the artifacts on data they were not tuned to
-MAX_IMAGES = 64
+QHYVIT_ITERS = 200  # learned-rounding steps per reconstruction block: most of the gain comes in the first 200
 SENSITIVITY_IMAGES = 4  # per-layer probes for mixed precision: layers x bit-widths forward passes each
 
 
@@ -44,6 +45,7 @@ class QuantRequest:
     targets: tuple[str, ...]
     skipped: dict[str, str]
     weight_candidates: tuple[int, ...]
+    recon_iters: int = QHYVIT_ITERS
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -60,7 +62,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return found
 
 
-def check_request(method: str, bits: str, budget_mb: float | None, calib: str, target: str) -> QuantRequest:
+def check_request(
+    method: str, bits: str, budget_mb: float | None, calib: str, target: str, recon_iters: int = QHYVIT_ITERS
+) -> QuantRequest:
     """Reject impossible combinations up front, naming which target holds which bits."""
     from converters.quantized import WEIGHT_BITS, held_bits
     from edgevit.bundle import resolve_targets
@@ -71,6 +75,10 @@ def check_request(method: str, bits: str, budget_mb: float | None, calib: str, t
         raise EdgevitError(f"unknown --bits {bits!r}; valid: {', '.join(BITS)}")
     if budget_mb is not None and not (budget_mb > 0 and math.isfinite(budget_mb)):
         raise EdgevitError(f"--budget-mb must be a positive number of megabytes, got {budget_mb}")
+    if method == "qhyvit" and bits == "mixed":
+        raise EdgevitError("--method qhyvit plans one bit-width for every layer; use --bits 8/6/4, or mptq for mixed")
+    if recon_iters < 1:
+        raise EdgevitError(f"--recon-iters must be at least 1 (learned-rounding steps per block), got {recon_iters}")
     if bits == "mixed" and budget_mb is None:
         raise EdgevitError("--bits mixed needs --budget-mb: the weight size the bits are allocated to fit")
     targets = resolve_targets(target)
@@ -83,44 +91,24 @@ def check_request(method: str, bits: str, budget_mb: float | None, calib: str, t
         raise EdgevitError(f"--target {target} cannot hold {what}: {holders}")
     skipped = {t: f"holds {held_bits(t)}" for t in targets if t not in usable}
     candidates = tuple(sorted(set().union(*(holding[t] for t in usable))))
-    return QuantRequest(method, bits, budget_mb, calib, tuple(usable), skipped, candidates)
-
-
-def image_units(model: nn.Module) -> list[DeployUnit]:
-    """The model's deploy units, each of which must take one image shaped as the model spec says."""
-    units = model.deploy_units()
-    height, width = model.spec.input_size
-    for unit in units:
-        shapes = [tuple(x.shape) for x in unit.example_inputs]
-        if shapes != [(1, 3, height, width)]:
-            raise EdgevitError(
-                f"quantize calibrates units that take one 1x3x{height}x{width} image; unit {unit.name!r} of "
-                f"{model.spec.name} takes {shapes}: quantize a single-image model (vit, dinov2_focus, hybrid)"
-            )
-    return units
-
-
-def as_unit_input(unit: DeployUnit, image: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """A preprocessed image as `unit` takes it: normalised, or back to 0..255 RGB for an image input."""
-    if unit.input_names[0] not in unit.image_inputs:
-        return image
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (image * std + mean) * 255.0
+    return QuantRequest(method, bits, budget_mb, calib, tuple(usable), skipped, candidates, recon_iters)
 
 
 def plan_unit(
-    module: nn.Module,
+    unit: DeployUnit,
     request: QuantRequest,
-    calib: list[torch.Tensor],
+    calib: list[tuple[torch.Tensor, ...]],
     explain_to: Callable[[Any], None] | None,
-) -> QuantPlan:
-    """Calibrate `module` (smoothing it in place first for mptq) and return its plan."""
+) -> tuple[DeployUnit, QuantPlan]:
+    """Calibrate `unit` and return it as it must be lowered (smoothed or reconstructed) with its plan."""
+    if request.method == "qhyvit":
+        return _qhyvit_unit(unit, request, calib, explain_to)
     from quant.fake_quant import collect_stats
     from quant.metrics import layer_sensitivity
     from quant.mixed_precision import explain, greedy_allocate
     from quant.smoothquant import smooth_quant_
 
+    module = unit.module
     records = smooth_quant_(module, calib) if request.method == "mptq" else {}
     stats = collect_stats(module, calib)
     if request.bits == "mixed" and request.budget_mb is not None:  # check_request made the budget required
@@ -132,18 +120,44 @@ def plan_unit(
             explain_to(explain(table, plan))
     else:
         plan = stats.plan(int(request.bits), 8, method="ptq")
-        if request.budget_mb is not None and plan.weight_bytes() > request.budget_mb * 1e6:
-            from quant.errors import QuantError
-
-            raise QuantError(
-                f"the W{request.bits} plan holds {plan.weight_bytes() / 1e6:.3g} MB of quantized weights, over the "
-                f"{request.budget_mb:g} MB budget: lower --bits or use --bits mixed"
-            )
+        _check_budget(plan, request)
         if explain_to is not None:
             explain_to(plan_table(plan))
     plan = plan.with_smoothing(records)
     plan.metadata.update({"method": request.method, "bits": request.bits})
-    return plan
+    return unit, plan
+
+
+def _qhyvit_unit(
+    unit: DeployUnit,
+    request: QuantRequest,
+    calib: list[tuple[torch.Tensor, ...]],
+    explain_to: Callable[[Any], None] | None,
+) -> tuple[DeployUnit, QuantPlan]:
+    """Q-HyViT on one unit: the lowered module is the BN-folded float copy with reconstructed, on-grid weights."""
+    import dataclasses
+
+    from quant.fake_quant import strip_fake_quant
+    from quant.qhyvit import qhyvit_quantize
+
+    bridge_blocks = getattr(unit.module, "bridge_blocks", None)
+    bridges = bridge_blocks() if callable(bridge_blocks) else ()
+    fake_quant, plan = qhyvit_quantize(unit.module, calib, bridges, int(request.bits), 8, iters=request.recon_iters)
+    _check_budget(plan, request)
+    plan.metadata.update({"bits": request.bits})
+    if explain_to is not None:
+        explain_to(plan_table(plan))
+    return dataclasses.replace(unit, module=strip_fake_quant(fake_quant)), plan
+
+
+def _check_budget(plan: QuantPlan, request: QuantRequest) -> None:
+    if request.budget_mb is not None and plan.weight_bytes() > request.budget_mb * 1e6:
+        from quant.errors import QuantError
+
+        raise QuantError(
+            f"the W{request.bits} plan holds {plan.weight_bytes() / 1e6:.3g} MB of quantized weights, over the "
+            f"{request.budget_mb:g} MB budget: lower --bits or use --bits mixed"
+        )
 
 
 def plan_table(plan: QuantPlan) -> Any:
@@ -162,12 +176,6 @@ def plan_table(plan: QuantPlan) -> Any:
     return table
 
 
-def split_images(images: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(calibration, held-out): every fifth image held out, at least `MIN_HELD_OUT`."""
-    held = max(MIN_HELD_OUT, len(images) // 5)
-    return images[:-held], images[-held:]
-
-
 def quantize_model(
     model: nn.Module,
     request: QuantRequest,
@@ -178,24 +186,21 @@ def quantize_model(
     on_artifact: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate, plan and lower every unit of `model`; write the bundle to `out` and return its manifest."""
-    from edgevit.data.images import load_images
     from edgevit.quant_bundle import QuantizedUnit, write_quant_bundle
+    from edgevit.unit_data import unit_batches
 
-    image_units(model)
-    images = load_images(request.calib, model.spec, min_images=MIN_CALIB_IMAGES + MIN_HELD_OUT, max_images=MAX_IMAGES)
-    calib, held_out = split_images(images)
     # mptq rewrites weights (SQ-b folds into LayerNorms and Linears): work on a copy, keep the caller's model.
     target_model = copy.deepcopy(model) if request.method == "mptq" else model
+    batches, calibration = unit_batches(target_model, request.calib)
     prepared = []
-    for unit in image_units(target_model):
-        unit_calib = [as_unit_input(unit, x, model.spec) for x in calib]
-        plan = plan_unit(unit.module, request, unit_calib, explain_to)
-        prepared.append(QuantizedUnit(unit, plan, [(as_unit_input(unit, x, model.spec),) for x in held_out]))
+    for found in batches:
+        unit, plan = plan_unit(found.unit, request, found.calib, explain_to)
+        prepared.append(QuantizedUnit(unit, plan, found.held_out))
     info = {
         "method": request.method,
         "bits": request.bits,
         "budget_mb": request.budget_mb,
-        "calibration": {"source": str(request.calib), "images": len(calib), "held_out_for_parity": len(held_out)},
+        "calibration": calibration,
         "skipped_targets": request.skipped,
     }
     return write_quant_bundle(model, prepared, request.targets, out, info, force, on_artifact)
@@ -215,6 +220,7 @@ def quantize(
     out: Path,
     force: bool,
     as_json: bool,
+    recon_iters: int = QHYVIT_ITERS,
 ) -> None:
     from rich.console import Console
 
@@ -224,7 +230,7 @@ def quantize(
     from edgevit.models import create
 
     console = Console(stderr=True)
-    request = check_request(method, bits, budget_mb, calib, target)
+    request = check_request(method, bits, budget_mb, calib, target, recon_iters)
     check_out(out, force)
     model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
     if weights_origin(model) == "random":

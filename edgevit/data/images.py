@@ -115,7 +115,12 @@ def _video_frames(path: Path, count: int) -> list[np.ndarray]:
 
 
 def load_images(source: str | Path, spec: ModelSpec, *, min_images: int, max_images: int) -> list[torch.Tensor]:
-    """Preprocessed images from "builtin", a folder of images, or a video file; at least `min_images`.
+    """Preprocessed images from "builtin", a folder of images, or a video file; at least `min_images`."""
+    return [preprocess(a, spec) for a in load_rgb(source, min_images=min_images, max_images=max_images)]
+
+
+def load_rgb(source: str | Path, *, min_images: int, max_images: int) -> list[np.ndarray]:
+    """RGB uint8 frames from "builtin", a folder of images, or a video file; at least `min_images`.
 
     Unreadable files in a folder are skipped, not fatal (folders collect thumbnails and stray files), but
     the error for too few images says how many were skipped so the user sees why.
@@ -150,4 +155,4 @@ def load_images(source: str | Path, spec: ModelSpec, *, min_images: int, max_ima
         raise EdgevitError(
             f"{where} gave {len(arrays)} image(s){note}; calibration needs at least {min_images}: add images"
         )
-    return [preprocess(a, spec) for a in arrays]
+    return arrays

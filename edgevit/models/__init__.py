@@ -1,6 +1,13 @@
 """Model families, importable by name: `edgevit.models.create("efficienttam_s")`."""
 
-from edgevit.models import dinov2_focus, efficienttam, hybrid, matvit, vit  # noqa: F401  (each module registers its family)
+from edgevit.models import (  # noqa: F401  (each module registers its family)
+    dinov2_focus,
+    efficientnet_lite,
+    efficienttam,
+    hybrid,
+    matvit,
+    vit,
+)
 from edgevit.models.registry import create, families, model_names, resolve
 from edgevit.models.spec import EdgeModel, ModelSpec
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from converters import ConversionError, DeployUnit, convert, load_runner
 from converters.quantized import MIN_SQNR_VS_REFERENCE_DB, convert_quantized
-from quant.fake_quant import calibrate
+from quant.fake_quant import CalibrationStats, calibrate, collect_stats
 from quant.plan import QuantPlan
 from tests.quant.tiny_vit import IMAGE, TinyViT, make_tiny_vit
 
@@ -67,23 +69,120 @@ def test_int8_artifact_runs_agrees_and_shrinks(target, unit, plan, held_out, tmp
         assert quant["weight_dtypes_held"] == {"FULLY_CONNECTED": {"int8": len(gemms) - 1}, "CONV_2D": {"int8": 1}}
 
 
-def test_coreml_holds_int8_and_int4_weights(unit, model, tmp_path) -> None:
-    images = _images(8, 1)
-    w8 = convert_quantized(unit, "coreml", calibrate(model, images, progress=False), tmp_path)
-    assert w8.precision == "int8" and w8.parity is None and "macOS" in w8.parity_note
-    assert w8.facts["quant"]["weight_bits_held"] == {"conv": {"int8": 1}, "linear": {"int8": 9}}
+def test_coreml_holds_int8_activations_and_int8_int4_weights(unit, model, plan, tmp_path) -> None:
+    w8 = convert_quantized(unit, "coreml", plan, tmp_path)
+    assert w8.precision == "w8a8" and w8.path.name == "tiny.w8a8.mlpackage"
+    assert w8.parity is None and "macOS" in w8.parity_note
     assert w8.facts["minimum_deployment_target"] == "iOS17"
-    stats_plan = calibrate(model, images, weight_bits=4, progress=False)
-    w4 = convert_quantized(unit, "coreml", stats_plan, tmp_path)
-    assert w4.precision == "int4-weights" and w4.facts["minimum_deployment_target"] == "iOS18"
+    quant = w8.facts["quant"]
+    assert quant["weight_bits_held"] == {"conv": {"int8": 1}, "linear": {"int8": 9}}
+    assert quant["target_holds"] == "4/6/8-bit weights and 8-bit activations"
+    # Every planned input (Linear/Conv: 1, attention MatMul: 2) is a quantize/dequantize pair on the plan's grid.
+    acts = quant["activation_quantization"]
+    assert acts["quantize_ops"] == acts["dequantize_ops"] == sum(len(lq.inputs) for lq in plan.layers.values())
+    assert acts["quantized_gemm_inputs"] == {"conv": 1, "linear": 9, "matmul": 2}
+    assert w8.facts["mil_ops"]["quantize"] == acts["quantize_ops"]
+    assert w8.facts["mil_ops"]["constexpr_affine_dequantize"] == 10  # iOS17's int8 weight op
+    assert not (w8.path / "executorch_debug_handle_mapping.json").exists()
+
+    w4 = convert_quantized(unit, "coreml", calibrate(model, _images(8, 1), weight_bits=4, progress=False), tmp_path)
+    assert w4.precision == "w4a8" and w4.facts["minimum_deployment_target"] == "iOS18"
     assert w4.facts["quant"]["weight_bits_held"] == {"conv": {"int4": 1}, "linear": {"int4": 9}}
-    assert w4.size_bytes < 0.7 * w8.size_bytes
+    assert w4.facts["quant"]["weight_storage"]["int4"]["bits_per_weight"] < 4.5
+    assert w4.size_bytes < 0.8 * w8.size_bytes
+
+
+def test_coreml_weights_are_checked_against_the_plan(unit, model, plan, tmp_path) -> None:
+    from converters.coreml_target import load_program
+    from converters.quantized import _coreml_layers
+
+    art = convert_quantized(unit, "coreml", plan, tmp_path)
+    program = load_program(art.path)
+    assert set(_coreml_layers(program, plan, model)) == {n for n, lq in plan.layers.items() if lq.weight is not None}
+    other = make_tiny_vit(seed=1)  # the same architecture with other weights: its integers are not in the program
+    with pytest.raises(ConversionError, match=r"integers of plan layer 'patch_embed' are not in the ML program"):
+        _coreml_layers(program, plan, other)
+
+
+class Wide(nn.Module):
+    """Patch-embed conv, then two Linears with 1024 inputs: wide enough that a palette's LUT is small beside
+    its indices, as in real ViTs (Core ML before iOS 26 stores a 64-entry LUT per output channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 4, 4)
+        self.fc1 = nn.Linear(1024, 128)
+        self.fc2 = nn.Linear(1024, 128)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.conv(image).flatten(1)
+        return self.fc1(F.gelu(x)) + self.fc2(x)
+
+
+@pytest.fixture(scope="module")
+def wide() -> tuple[DeployUnit, CalibrationStats]:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    unit = DeployUnit("wide", model, tuple(_images(1, 3)), ("image",), ("out",))
+    return unit, collect_stats(model, _images(8, 1), progress=False)
+
+
+def test_coreml_holds_6bit_weights_as_palettes(wide, tmp_path) -> None:
+    unit, stats = wide
+    arts = {
+        name: convert_quantized(unit, "coreml", stats.plan(bits, 8), tmp_path / name, coreml_target=target)
+        for name, bits, target in (("w8", 8, None), ("w6", 6, None), ("w6-ios18", 6, "iOS18"), ("w4", 4, None))
+    }
+    sizes = {name: art.size_bytes for name, art in arts.items()}
+    print("Core ML sizes (B):", sizes)
+    w6 = arts["w6"]
+    assert w6.precision == "w6a8" and w6.facts["minimum_deployment_target"] == "iOS26"
+    quant = w6.facts["quant"]
+    assert quant["weight_bits_held"] == {"conv": {"palettized6": 1}, "linear": {"palettized6": 2}}
+    assert w6.facts["mil_ops"]["constexpr_lut_to_dense"] == 3 and quant["palette_lut"] == "per tensor"
+    linear_bits = 8 * 2 * (1024 * 128 * 6 / 8 + 64 + 128 * 2) / (2 * 1024 * 128)  # indices, one LUT, scales
+    assert quant["weight_storage"]["palettized6"]["bits_per_weight"] < linear_bits + 0.1
+    assert quant["activation_quantization"]["quantized_gemm_inputs"] == {"conv": 1, "linear": 2}
+    # iOS 18 cannot scale after a shared LUT: one LUT per output channel, 64 bytes more per channel.
+    ios18 = arts["w6-ios18"]
+    assert ios18.facts["minimum_deployment_target"] == "iOS18"
+    assert ios18.facts["quant"]["palette_lut"] == "per output channel (Core ML before iOS 26)"
+    assert ios18.facts["quant"]["weight_bits_held"] == quant["weight_bits_held"]
+    assert sizes["w4"] < sizes["w6"] < sizes["w6-ios18"] < sizes["w8"]
+    # 6 of 8 bits on the 262k weights that dominate the file, plus the LUT and the unquantized rest.
+    assert sizes["w6"] < 0.8 * sizes["w8"]
+
+
+def test_executorch_holds_4bit_linear_weights(wide, tmp_path) -> None:
+    unit, stats = wide
+    held_out = [(x,) for x in _images(3, 7)]
+    w4 = convert_quantized(unit, "executorch", stats.plan(4, 8), tmp_path, parity_inputs=held_out)
+    w8 = convert_quantized(unit, "executorch", stats.plan(8, 8), tmp_path, parity_inputs=held_out)
+    quant = w4.facts["quant"]
+    print(f"executorch: int8 {w8.size_bytes} B, int4 {w4.size_bytes} B, {w4.parity['out'].sqnr_db:.1f} dB")
+    assert w4.precision == "w4a8" and w8.precision == "int8"
+    # Read back from the written delegate: 4-bit per-channel GEMM weights, dynamic int8 inputs; no 4-bit conv.
+    assert quant["xnnpack_gemms"] == {
+        "conv": {"weights": {"qcint8": 1}, "inputs": {"qdint8": 1}},
+        "linear": {"weights": {"qcint4": 2}, "inputs": {"qdint8": 2}},
+    }
+    assert quant["weight_bits_held"] == {"conv": {"int8": 1}, "linear": {"int4": 2}}
+    assert quant["int4_layers"] == 2 and quant["int4_convs_in_int8_storage"] == ["conv"]
+    assert w8.facts["quant"]["weight_bits_held"] == {"conv": {"int8": 1}, "linear": {"int8": 2}}
+    assert w4.parity["out"].sqnr_db >= MIN_SQNR_VS_REFERENCE_DB
+    assert w8.size_bytes - w4.size_bytes > 0.9 * 2 * 1024 * 128 / 2  # half a byte saved per Linear weight
 
 
 def test_bits_a_target_cannot_hold_are_refused(unit, model, tmp_path) -> None:
-    w4 = calibrate(model, _images(8, 1), weight_bits=4, progress=False)
+    stats = collect_stats(model, _images(8, 1), progress=False)
     with pytest.raises(ConversionError, match=r"onnx holds 8-bit weights .* the plan has 4-bit weights in 10 layer"):
-        convert_quantized(unit, "onnx", w4, tmp_path)
+        convert_quantized(unit, "onnx", stats.plan(4, 8), tmp_path)
+    with pytest.raises(ConversionError, match=r"executorch holds 4/8-bit weights .* the plan has 6-bit weights"):
+        convert_quantized(unit, "executorch", stats.plan(6, 8), tmp_path)
+    with pytest.raises(ConversionError, match=r"coreml holds 4/6/8-bit weights and 8-bit activations; .* 6-bit act"):
+        convert_quantized(unit, "coreml", stats.plan(8, 6), tmp_path)
+    with pytest.raises(ConversionError, match=r"Core ML iOS17 cannot hold this plan's 4-bit weights"):
+        convert_quantized(unit, "coreml", stats.plan(4, 8), tmp_path, coreml_target="iOS17")
     assert list(tmp_path.iterdir()) == []
 
 

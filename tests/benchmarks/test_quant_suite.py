@@ -1,0 +1,150 @@
+"""The quantization suite's core on a tiny ViT: rows, schema, sane figures and the results file, never speed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks.report import write_report
+from benchmarks.suites import quant
+from benchmarks.suites.quant_report import goals, tables
+from benchmarks.suites.quant_subjects import Subject, spread
+from converters.unit import DeployUnit
+from tests.quant.tiny_vit import image_batches, make_tiny_vit
+
+ROW_KEYS = {"model", "origin", "method", "variant", "bits", "evaluated", "status"}
+SCORE_KEYS = {"sqnr_db", "top1_agreement", "accuracy", "weight_bytes", "seconds"}
+
+
+def tiny_subject() -> Subject:
+    torch.manual_seed(0)
+    model = make_tiny_vit()
+    images = [x[:1] for x in image_batches(10, batch=1, seed=3)]
+    with torch.no_grad():
+        labels = torch.cat([model(x).argmax(-1) for x in images[6:]])
+    unit = DeployUnit("model", model, (images[0],), ("image",), ("logits",))
+    sources = {"calibration": "noise, seed 3", "held_out": "noise, seed 3 (other draws)"}
+    return Subject("tiny_vit", unit, images[:6], images[6:], labels, True, "random", sources)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    args = quant.parse_args(
+        [
+            "--bits",
+            "w8a8,w4a8",
+            "--methods",
+            "ptq",
+            "--mixed-base",
+            "ptq",
+            "--deploy-methods",
+            "ptq",
+            "--peers",
+            "ort",
+            "--ort-calibrators",
+            "MinMax",
+            "--budgets",
+            "0.6",
+            "--targets",
+            "onnx",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--calib-images",
+            "4",
+            "--threads",
+            "1",
+            "--work-threads",
+            "1",
+        ]
+    )
+    directory = tmp_path_factory.mktemp("quant-suite")
+    return quant.run_subject(tiny_subject(), ["uniform", "mixed", "deploy"], args, directory, log=directory / "log")
+
+
+def by(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, (match, found)
+    return found[0]
+
+
+def test_uniform_rows_cover_ours_and_the_peer_at_every_bit_setting(result: dict[str, Any]) -> None:
+    rows = result["sections"]["uniform"]["rows"]
+    assert all(ROW_KEYS <= set(r) for r in rows)
+    assert {(r["method"], r["bits"]) for r in rows if r["origin"] == "ours"} == {("ptq", "W8A8"), ("ptq", "W4A8")}
+    peer = [r for r in rows if r["origin"] == "peer"]
+    assert {r["variant"] for r in peer} == {"MinMax, all ops", "MinMax, MatMul/Conv"}
+    assert all(r["status"] == "ok" and SCORE_KEYS <= set(r) for r in rows), [r.get("error") for r in rows]
+
+
+def test_figures_are_sane(result: dict[str, Any]) -> None:
+    rows = result["sections"]["uniform"]["rows"]
+    w8 = by(rows, method="ptq", bits="W8A8")
+    w4 = by(rows, method="ptq", bits="W4A8")
+    assert w8["sqnr_db"] > w4["sqnr_db"] > 0
+    assert w8["weight_bytes"] == 2 * w4["weight_bytes"]
+    assert 0.0 <= w4["top1_agreement"] <= w8["top1_agreement"] == 1.0
+    assert w8["accuracy"] == 1.0  # the labels are the fp32 model's own predictions
+    peer = by(rows, variant="MinMax, MatMul/Conv", bits="W8A8")
+    assert 10.0 < peer["sqnr_db"] < 80.0
+
+
+def test_mixed_precision_fits_its_budget(result: dict[str, Any]) -> None:
+    (mixed,) = result["sections"]["mixed"]["rows"]
+    assert mixed["status"] == "ok", mixed.get("error")
+    assert mixed["weight_bytes"] <= 0.6 * mixed["w8a8_weight_bytes"]
+    assert mixed["sqnr_db"] <= mixed["w8a8_sqnr_db"] + 1e-6
+
+
+def test_deploy_scores_every_artifact_in_its_runtime_and_times_them(result: dict[str, Any]) -> None:
+    rows = result["sections"]["deploy"]["rows"]
+    artifacts = [r for r in rows if r["kind"] == "artifact"]
+    assert {r["origin"] for r in artifacts} == {"fp32", "ours", "peer"}
+    assert all(r["status"] == "ok" for r in artifacts), [r.get("error") for r in artifacts]
+    assert by(artifacts, origin="fp32")["sqnr_db"] > 80.0
+    ours = by(artifacts, origin="ours", method="ptq")
+    fake = by(result["sections"]["uniform"]["rows"], method="ptq", bits="W8A8")
+    assert abs(ours["sqnr_db"] - fake["sqnr_db"]) < 6.0  # the int8 ONNX computes what fake-quant simulated
+    timing = by(rows, kind="timing")
+    assert set(timing["stats"]) == {"eager fp32", *(r["label"] for r in artifacts)}
+    assert all(s["n"] == 1 for s in timing["stats"].values())
+
+
+def test_a_failing_method_becomes_a_row_not_a_crash() -> None:
+    def boom() -> list[dict[str, Any]]:
+        raise RuntimeError("peer crashed\nwith a second line")
+
+    (row,) = quant.run_job(quant.Job("x", {"model": "m", "method": "peer"}, boom))
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: peer crashed with a second line"
+
+
+def test_results_file_merges_runs_and_judges_the_goals(result: dict[str, Any], tmp_path: Path) -> None:
+    earlier = {"other": {"subject": {}, "sections": {"uniform": {"rows": []}}}}
+    models = quant.merge(earlier, {"dinov2_s_focus": result})
+    assert set(models) == {"other", "dinov2_s_focus"}
+    lines = goals(models)
+    assert any(line.startswith("Goal, DINOv2-S static W8A8") and ("met" in line or "missed" in line) for line in lines)
+    assert any(line.startswith("Goal, our static int8 ONNX faster") for line in lines)
+    json_path, md_path = write_report(
+        tmp_path, "quant", title="t", machine={}, tables=tables(models), data={"models": models}
+    )
+    payload = json.loads(json_path.read_text())
+    assert [t["title"].split(" ")[0] for t in payload["tables"]] == ["Uniform", "Mixed", "Deployed"]
+    assert "| tiny_vit | ours | ptq |" in md_path.read_text()
+
+
+def test_parse_args_reads_bit_settings_and_rejects_unknown_names() -> None:
+    args = quant.parse_args(["--bits", "w8a8,W4A8", "--budgets", "0.5"])
+    assert args.bits == [(8, 8), (4, 8)] and args.budgets == [0.5]
+    with pytest.raises(SystemExit):
+        quant.parse_args(["--peers", "tensorrt"])
+
+
+def test_spread_keeps_both_ends() -> None:
+    assert spread(list(range(10)), 3) == [0, 4, 9] or spread(list(range(10)), 3) == [0, 5, 9]
+    assert spread([1, 2], 5) == [1, 2]

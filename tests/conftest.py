@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    """Tests run tiny models on a shared 2-core VM: a second OpenMP thread only adds spinning contention."""
+    torch.set_num_threads(1)
