@@ -13,7 +13,7 @@ def eager_tracker(model) -> Tracker:
     return Tracker(model.cfg, {name: unit.run_eager for name, unit in units.items()})
 
 
-def bundle_tracker(bundle: Path, target: str | None) -> tuple[Tracker, dict]:
+def bundle_tracker(bundle: Path, target: str | None, num_threads: int | None = None) -> tuple[Tracker, dict]:
     """Drive a converted bundle's units: the same loop, another runtime, so masks can be compared."""
     from edgevit.bundle import artifact_for, read_manifest, unit_runner
     from edgevit.models.efficienttam.config import EfficientTAMConfig
@@ -25,7 +25,7 @@ def bundle_tracker(bundle: Path, target: str | None) -> tuple[Tracker, dict]:
     cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in model["config"].items()}
     cfg = EfficientTAMConfig(**cfg_dict)
     arts = {name: artifact_for(manifest, name, target) for name in UNIT_NAMES}
-    runners = {name: unit_runner(bundle, art) for name, art in arts.items()}
+    runners = {name: unit_runner(bundle, art, num_threads) for name, art in arts.items()}
     targets = sorted({a["target"] for a in arts.values()})
     source = {
         "model": f"{model['name']}_{model['variant']}",
