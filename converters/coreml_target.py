@@ -182,8 +182,10 @@ class HeldWeight:
     "palettized<n>" (n-bit indices into an int8 LUT). For integer storage, `levels` are the signed integer
     levels (offset removed) shaped like the weight and `scale` is broadcastable to them, so the weight the
     program computes with is `scale * levels`; both are None for float storage or a float LUT.
-    `stored_bytes` counts every constant the weight is rebuilt from (data or indices, LUT, scales, offsets).
-    `op_name` is the linear/conv op, `source` the (constexpr) op producing its weight.
+    `constants` are the (content key, bytes) of every constant the weight is rebuilt from (data or indices,
+    LUT, scales, offsets): the package stores identical constants once (e.g. one LUT for all layers of a
+    shape), so `stored_bytes` counts each key once. `op_name` is the linear/conv op, `source` the
+    (constexpr) op producing its weight.
     """
 
     op_type: str
@@ -193,17 +195,22 @@ class HeldWeight:
     shape: tuple[int, ...]
     levels: np.ndarray | None
     scale: np.ndarray | None
-    stored_bytes: int
+    constants: tuple[tuple[bytes, int], ...]
 
     @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.stored_bytes / max(1, int(np.prod(self.shape)))
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def stored_bytes(weights: list[HeldWeight]) -> int:
+    """Bytes `weights` take in the package, each distinct constant counted once."""
+    return sum(dict(c for w in weights for c in w.constants).values())
 
 
 def gemm_weights(program: Any) -> list[HeldWeight]:
     """Every linear/conv op's weight in `program` (ops whose weight is computed at run time are skipped)."""
     found = []
-    for op in _walk_pymil_ops(program):
+    for op in pymil_ops(program):
         if op.op_type not in ("linear", "conv", "conv_transpose"):
             continue
         weight = op.inputs.get("weight")
@@ -215,8 +222,9 @@ def gemm_weights(program: Any) -> list[HeldWeight]:
     return found
 
 
-def _walk_pymil_ops(program: Any) -> Any:
-    stack = [f for f in program.functions.values()]
+def pymil_ops(program: Any) -> Any:
+    """Every op of a pymil program, nested blocks included."""
+    stack = list(program.functions.values())
     while stack:
         block = stack.pop()
         for op in block.operations:
@@ -224,8 +232,13 @@ def _walk_pymil_ops(program: Any) -> Any:
             stack.extend(op.blocks)
 
 
-def _const_bytes(var: Any) -> int:
-    return int(np.ceil(np.size(var.val) * var.dtype.get_bitwidth() / 8))
+def _const(var: Any) -> tuple[bytes, int]:
+    """(content key, stored bytes) of a constant input."""
+    import hashlib
+
+    value = np.ascontiguousarray(var.val)
+    key = hashlib.blake2b(f"{_dtype(var)}{value.shape}".encode() + value.tobytes(), digest_size=16).digest()
+    return key, int(np.ceil(value.size * var.dtype.get_bitwidth() / 8))
 
 
 def _dtype(var: Any) -> str:
@@ -234,37 +247,40 @@ def _dtype(var: Any) -> str:
     return builtin_to_string(var.dtype)
 
 
-def _decode_weight(var: Any) -> tuple[str, tuple[int, ...], np.ndarray | None, np.ndarray | None, int] | None:
-    """(storage, shape, levels, scale, stored bytes) of the weight `var`, or None if it is not a constant."""
+_Decoded = tuple[str, tuple[int, ...], np.ndarray | None, np.ndarray | None, tuple[tuple[bytes, int], ...]]
+
+
+def _decode_weight(var: Any) -> _Decoded | None:
+    """(storage, shape, levels, scale, constants) of the weight `var`, or None if it is not a constant."""
     op = var.op
     shape = tuple(int(d) for d in var.shape)
     if op.op_type == "const":
-        return _dtype(var), shape, None, None, _const_bytes(var)
+        return _dtype(var), shape, None, None, (_const(var),)
     if op.op_type == "constexpr_affine_dequantize":  # iOS16/17: int8/uint8, per-tensor or along one axis
         data, zero, scale, axis = op.quantized_data, op.zero_point, op.scale, int(op.axis.val)
         bcast = [1] * len(shape)
         bcast[axis] = -1
         levels = data.val.astype(np.int32) - np.asarray(zero.val, np.int32).reshape(bcast)
-        stored = sum(_const_bytes(v) for v in (data, zero, scale))
-        return _dtype(data), shape, levels, np.asarray(scale.val, np.float32).reshape(bcast), stored
+        constants = tuple(_const(v) for v in (data, zero, scale))
+        return _dtype(data), shape, levels, np.asarray(scale.val, np.float32).reshape(bcast), constants
     if op.op_type == "constexpr_blockwise_shift_scale":  # iOS18: data (a const, or a palette) * scale
         source = op.data.op
         if source.op_type == "const":
-            levels, storage, stored = op.data.val.astype(np.int32), _dtype(op.data), _const_bytes(op.data)
+            levels, storage, constants = op.data.val.astype(np.int32), _dtype(op.data), (_const(op.data),)
         elif source.op_type == "constexpr_lut_to_dense" and source.lut.op.op_type == "const":
-            lut = source.lut
+            lut = source.lut  # an int8 LUT looked up, then scaled per channel (the iOS 26 order)
             if not np.issubdtype(lut.val.dtype, np.integer):
                 return None
             levels = _lut_levels(source.indices.val, lut.val.astype(np.int32))
             storage = f"palettized{source.indices.dtype.get_bitwidth()}"
-            stored = _const_bytes(source.indices) + _const_bytes(lut)
+            constants = (_const(source.indices), _const(lut))
         else:
             return None
         scale = _blockwise(np.asarray(op.scale.val, np.float32), shape)
         if op.offset is not None:
             levels = levels - _blockwise(np.asarray(op.offset.val), shape).astype(np.int32)
-            stored += _const_bytes(op.offset)
-        return storage, shape, levels, scale, stored + _const_bytes(op.scale)
+            constants += (_const(op.offset),)
+        return storage, shape, levels, scale, (*constants, _const(op.scale))
     if op.op_type == "constexpr_lut_to_dense":
         indices, lut = op.indices, op.lut
         storage = f"palettized{indices.dtype.get_bitwidth()}"
@@ -277,10 +293,9 @@ def _decode_weight(var: Any) -> tuple[str, tuple[int, ...], np.ndarray | None, n
                 return None
             levels = _lut_levels(indices.val, lut_int)
             scale = _blockwise(lut_scale[..., 0, 0], shape)
-            stored = _const_bytes(indices) + _const_bytes(lut_op.data) + _const_bytes(lut_op.scale)
-            return storage, shape, levels, scale, stored
+            return storage, shape, levels, scale, (_const(indices), _const(lut_op.data), _const(lut_op.scale))
         if lut_op.op_type == "const":  # a float palette: no integer levels
-            return f"{storage}-{_dtype(lut)}", shape, None, None, _const_bytes(indices) + _const_bytes(lut)
+            return f"{storage}-{_dtype(lut)}", shape, None, None, (_const(indices), _const(lut))
     return None
 
 

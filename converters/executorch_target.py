@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -159,6 +160,10 @@ _XNN_GEMMS = {
 }
 
 
+_NON_FINITE = re.compile(r"(?<=[:\[,])(\s*)(-?inf|-?nan)(?=\s*[,\]}])")
+_JSON_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN", "-nan": "NaN"}
+
+
 def xnnpack_gemm_dtypes(path: Path) -> dict[str, dict[str, dict[str, int]]]:
     """Per GEMM kind in the .pte's XNNPACK delegates, how many read each weight / input datatype.
 
@@ -187,7 +192,9 @@ def xnnpack_gemm_dtypes(path: Path) -> dict[str, dict[str, dict[str, int]]]:
             graph_bin = Path(tmp) / f"graph{index}.bin"
             graph_bin.write_bytes(blob[header.flatbuffer_offset : header.flatbuffer_offset + header.flatbuffer_size])
             _flatc_decompile(tmp, str(schema), str(graph_bin), ["--raw-binary"])
-            graph = json.loads((Path(tmp) / f"graph{index}.json").read_text())
+            text = (Path(tmp) / f"graph{index}.json").read_text()
+            # flatc writes non-finite floats (e.g. an unbounded output_min_max) as bare inf/nan.
+            graph = json.loads(_NON_FINITE.sub(lambda m: m.group(1) + _JSON_NON_FINITE[m.group(2)], text))
             dtypes = {}
             for value in graph.get("xvalues", []):
                 tensor = value["xvalue_union"].get("tensor_value", value["xvalue_union"])

@@ -25,15 +25,16 @@ Each target takes the plan in the form its runtime turns into integer kernels:
   constexpr weight ops holding the plan's integers: int8 (`constexpr_affine_dequantize` on iOS17, or
   `constexpr_blockwise_shift_scale` on iOS18+, where a weight whose levels fit 4 bits is stored as int4).
   6-bit weights become palettes (`coremltools.optimize.coreml.palettize_weights`, joint compression on
-  the int8 levels): 6-bit indices into an int8 LUT holding the plan's 63 levels, scaled per output
-  channel. Core ML before iOS 26 cannot apply a per-channel scale after a shared LUT, so on iOS 18 every
-  output channel carries its own 64-byte LUT (about 6 + 512/in_features bits a weight: 7.3 at 384 inputs,
-  6.5 at 1024); iOS 26 keeps one LUT per tensor (6 bits). Plans with 6-bit weights therefore target iOS 26
-  unless `coreml_target="iOS18"` is asked. `coremltools.optimize.coreml.linear_quantize_activations` is
-  not used: it calibrates by running the model (`predict`, macOS only), while the plan already holds
-  every activation grid. Scales are stored in fp16, the compute precision (relative error <= 2^-11).
-  Every plan layer's integers are found in the saved program and checked against the plan; no runtime
-  here, so parity runs only on macOS.
+  the int8 levels): 6-bit indices into an int8 LUT holding the plan's grid (levels -32..31), scaled per
+  output channel. Core ML before iOS 26 cannot scale after a shared LUT, so on iOS 18 (the default: the
+  oldest target that holds 4- and 6-bit weights) the LUT is repeated per output channel and dequantized
+  first; every copy holds the same 64 levels, and the package stores identical constants once, so it costs
+  one 64-byte row per output channel per distinct layer shape, not per layer (DINOv2-S W6: 21.40 MB on
+  iOS 18, 21.19 MB with `coreml_target="iOS26"`, which keeps one LUT per tensor).
+  `coremltools.optimize.coreml.linear_quantize_activations` is not used: it calibrates by running the
+  model (`predict`, macOS only), while the plan already holds every activation grid. Scales are stored in
+  fp16, the compute precision (relative error <= 2^-11). Every plan layer's integers and grids are found in
+  the saved program and checked against the plan; no runtime here, so parity runs only on macOS.
 
 Parity is gated against each artifact's reference, the torch model computing what the target should:
 the fake-quant model (`quant.fake_quant.apply_plan`, the thing calibration and mixed precision judged) for
@@ -48,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -78,11 +80,10 @@ from quant.plan import QuantPlan, TensorQParams
 WEIGHT_BITS: dict[str, tuple[int, ...]] = {"onnx": (8,), "executorch": (4, 8), "tflite": (8,), "coreml": (4, 6, 8)}
 ACT_BITS: dict[str, tuple[int, ...] | None] = {"onnx": (8,), "executorch": (8,), "tflite": (8,), "coreml": (8,)}
 
-# Core ML deployment targets, oldest first, and the oldest one that stores each weight width as planned:
-# int8 weights and quantize/dequantize ops need iOS 17, int4 iOS 18, a 6-bit palette with one LUT per tensor
-# iOS 26 (iOS 18 holds it with one LUT per output channel, see the module doc).
+# Core ML deployment targets, oldest first, and the oldest one that holds each weight width: int8 weights and
+# quantize/dequantize ops need iOS 17, int4 and 6-bit palettes with a per-channel scale iOS 18.
 COREML_TARGETS = ("iOS17", "iOS18", "iOS26")
-_COREML_MIN_TARGET = {8: "iOS17", 4: "iOS18", 6: "iOS26"}
+_COREML_MIN_TARGET = {8: "iOS17", 4: "iOS18", 6: "iOS18"}
 
 # Why 25 dB and not the 60 dB of an fp32 lowering: a quantized network is chaotic in its rounding. Two
 # correct int8 implementations of one plan differ wherever a value lands within float error of a rounding
@@ -147,7 +148,7 @@ def convert_quantized(
     `parity_inputs`, tuples shaped like the unit's example inputs (default: the example inputs alone), which
     should be held-out real data. As with `convert`, the file appears in `out_dir` only once it loads and
     passes parity. `coreml_target` sets Core ML's minimum deployment target (one of `COREML_TARGETS`; None:
-    the oldest that stores the plan's weights at their planned size, see `coreml_deployment_target`).
+    the oldest that holds the plan's weights, see `coreml_deployment_target`).
     """
     precision = precision_for(plan, target)
     lowering = _LOWER[target]
@@ -183,16 +184,15 @@ def convert_quantized(
 
 
 def coreml_deployment_target(plan: QuantPlan, requested: str | None = None) -> str:
-    """Core ML minimum deployment target for `plan`: `requested`, or the oldest that stores its weights as
-    planned; ConversionError if `requested` cannot hold them (6-bit palettes are allowed from iOS 18 on)."""
+    """Core ML minimum deployment target for `plan`: `requested`, or the oldest that holds its weights;
+    ConversionError if `requested` cannot hold them."""
     bits = {lq.weight_bits for lq in plan.layers.values() if lq.weight is not None} or {8}
     needed = max((_COREML_MIN_TARGET[b] for b in bits), key=COREML_TARGETS.index)
     if requested is None:
         return needed
     if requested not in COREML_TARGETS:
         raise ConversionError(f"unknown Core ML target {requested!r}; valid: {', '.join(COREML_TARGETS)}")
-    floor = "iOS18" if needed == "iOS26" else needed  # iOS 18 holds 6 bits too, one LUT per output channel
-    if COREML_TARGETS.index(requested) < COREML_TARGETS.index(floor):
+    if COREML_TARGETS.index(requested) < COREML_TARGETS.index(needed):
         raise ConversionError(
             f"Core ML {requested} cannot hold this plan's {'/'.join(map(str, sorted(bits)))}-bit weights: "
             f"int4 and 6-bit palettes need iOS18 or later"
@@ -558,7 +558,15 @@ def _lower_coreml(
 ) -> tuple[TargetResult, nn.Module]:
     import coremltools as ct
 
-    from converters.coreml_target import feature_specs, gemm_weights, io_types, load_program, mil_op_summary, save
+    from converters.coreml_target import (
+        feature_specs,
+        gemm_weights,
+        io_types,
+        load_program,
+        mil_op_summary,
+        save,
+        stored_bytes,
+    )
     from quant.pt2e import quantize_pt2e
 
     graph = quantize_pt2e(unit.module, unit.example_inputs, plan, activations="plan")
@@ -587,13 +595,10 @@ def _lower_coreml(
     for w in gemm_weights(program):
         held.setdefault(w.op_type, Counter())[w.storage] += 1
     storage: dict[str, dict[str, float]] = {}
-    for w in layers.values():
-        entry = storage.setdefault(w.storage, {"layers": 0, "weights": 0, "bytes": 0})
-        entry["layers"] += 1
-        entry["weights"] += int(np.prod(w.shape))
-        entry["bytes"] += w.stored_bytes
-    for entry in storage.values():
-        entry["bits_per_weight"] = round(8 * entry["bytes"] / entry["weights"], 3)
+    for kind in sorted({w.storage for w in layers.values()}):
+        weights = [w for w in layers.values() if w.storage == kind]
+        size, numel = stored_bytes(weights), sum(w.numel for w in weights)
+        storage[kind] = {"layers": len(weights), "weights": numel, "bytes": size, "bits_per_weight": 8 * size / numel}
     facts = {
         "spec_version": spec.specificationVersion,
         "minimum_deployment_target": deployment,
@@ -609,7 +614,12 @@ def _lower_coreml(
         weight_bits_held={kind: dict(c) for kind, c in sorted(held.items())},
         weight_storage=storage,
         activation_quantization=_coreml_activations(program, plan, layers),
-        palette_lut="per tensor" if deployment == "iOS26" else "per output channel (Core ML before iOS 26)",
+        palette_lut=(
+            "one int8 LUT per tensor, then the per-channel scale"
+            if deployment == "iOS26"
+            else "an int8 LUT per output channel, scaled before the lookup (Core ML before iOS 26); identical "
+            "rows, stored once per layer shape"
+        ),
         scale_dtype="fp16",
     )
     result = TargetResult(
@@ -629,7 +639,10 @@ def _coreml_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str
     """
     from converters.coreml_target import gemm_weights
 
-    pool = [w for w in gemm_weights(program) if w.levels is not None]
+    pool: dict[tuple, list[Any]] = {}
+    for w in gemm_weights(program):
+        if w.levels is not None:
+            pool.setdefault(_levels_key(w.levels), []).append(w)
     found = {}
     for name, layer in plan.layers.items():
         q = layer.weight
@@ -638,13 +651,14 @@ def _coreml_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str
         weight = module.get_submodule(name).weight.detach().numpy()
         axis = q.ch_axis if q.ch_axis is not None else 0
         want = _quantize_array(weight, q, axis).astype(np.int32)
-        match = next((w for w in pool if w.shape == want.shape and np.array_equal(w.levels, want)), None)
-        if match is None:
+        same = [w for w in pool.get(_levels_key(want), []) if np.array_equal(w.levels, want)]
+        if not same:
             raise ConversionError(
                 f"coreml: the {q.bits}-bit integers of plan layer {name!r} are not in the ML program (a weight the "
                 "converter folded, transposed or re-quantized)"
             )
-        pool.remove(match)
+        match = same[0]
+        pool[_levels_key(want)].remove(match)
         shape = [1] * want.ndim
         shape[axis] = -1
         planned = np.asarray(q.scale, np.float32).reshape(shape)
@@ -652,6 +666,10 @@ def _coreml_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str
             raise ConversionError(f"coreml: plan layer {name!r} is stored with scales other than the plan's")
         found[name] = match
     return found
+
+
+def _levels_key(levels: np.ndarray) -> tuple:
+    return levels.shape, hashlib.blake2b(np.ascontiguousarray(levels, np.int32).tobytes(), digest_size=16).digest()
 
 
 def _six_bit_lut(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -679,9 +697,9 @@ def _palettize_6bit(model: Any, layers: dict[str, Any], six: list[str]) -> Any:
 def _coreml_activations(program: Any, plan: QuantPlan, layers: dict[str, Any]) -> dict[str, Any]:
     """What the saved program does to activations: quantize ops by dtype, and which planned GEMM inputs come
     through a dequantize with the plan's grid (checked for the weighted layers, counted for matmuls)."""
-    from converters.coreml_target import _walk_pymil_ops
+    from converters.coreml_target import pymil_ops
 
-    ops = list(_walk_pymil_ops(program))
+    ops = list(pymil_ops(program))
     by_name = {op.name: op for op in ops}
     dtypes = Counter(str(op.output_dtype.val) for op in ops if op.op_type == "quantize")
     quantized: Counter[str] = Counter()

@@ -19,8 +19,8 @@ inside the kernel). The plan's weights are used exactly in every mode.
 
 Weights are snapped onto the plan's grid before export (`snap_weights`): PT2E's quantize computes
 round(w * (1/s)) where fake-quant computes round(w / s), and the two differ on a few weights that sit at a
-rounding tie (measured: 1 to 3 weights in a million on a ViT-Ti, by one level). On a snapped weight both give the
-plan's integer exactly, so every PT2E-fed artifact holds the integers fake-quant judged.
+rounding tie (measured: 1 to 3 weights in a million on a ViT-Ti, by one level). On a snapped weight both
+give the plan's integer exactly, so every PT2E-fed artifact holds the integers fake-quant judged.
 
 4-bit weights: a symmetric 4-bit plan grid is the restricted [-7, 7] (quant.observers), held in int8 storage.
 XNNPACK's partitioner takes a weight as 4-bit (its qc4w GEMMs: 4-bit per-channel weights, packed two to a
@@ -179,8 +179,9 @@ def snap_weights(module: nn.Module, plan: QuantPlan, names: Sequence[str] | None
             weight = snapped.get_submodule(name).weight
         except AttributeError:
             continue
-        channels = weight.shape[q.ch_axis] if q is not None and q.ch_axis is not None else 1
-        if q is None or not isinstance(weight, Tensor) or channels != len(q.scale):
+        if q is None or not isinstance(weight, Tensor):
+            continue
+        if (weight.shape[q.ch_axis] if q.ch_axis is not None else 1) != len(q.scale):
             continue
         scale, zero_point = q.tensors()
         weight.copy_(fake_quantize(weight, scale, zero_point, q.quant_min, q.quant_max, q.ch_axis))
@@ -274,13 +275,8 @@ def quantize_pt2e(
     doc). What is exported is a copy of `module` with the planned weights snapped onto the plan's grid.
     """
     example_inputs = tuple(example_inputs)
-    module = snap_weights(module, plan)
-    was_training = module.training
-    module.eval()
-    try:
-        graph = torch.export.export(module, example_inputs, strict=False).module()
-    finally:
-        module.train(was_training)
+    snapped = snap_weights(module, plan).eval()  # a copy: the caller's module keeps its weights and mode
+    graph = torch.export.export(snapped, example_inputs, strict=False).module()
     prepared = prepare_pt2e(graph, PlanQuantizer(plan, activations, int4_full_range))
     prepared(*example_inputs)
     # .eval()/.train() are no-ops on it then, so code that toggles modes (metrics, runners) can call it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,11 @@ def test_ptq_int8_bundle_for_every_target(tmp_path, capsys) -> None:
     arts = {a["target"]: a for a in manifest["artifacts"]}
     assert sorted(arts) == ["coreml", "executorch", "onnx", "tflite"]
     for target, art in arts.items():
-        assert art["precision"] == "int8" and (out / art["path"]).exists()
+        assert art["precision"] == ("w8a8" if target == "coreml" else "int8") and (out / art["path"]).exists()
         quant = art["facts"]["quant"]
         if target == "coreml":
             assert art["parity"] is None and quant["weight_bits_held"]["linear"] == {"int8": 9}
+            assert quant["activation_quantization"]["quantized_gemm_inputs"] == {"conv": 1, "linear": 9}
         else:
             assert float(art["parity"]["logits"]["sqnr_db"]) >= art["min_sqnr_db"]
             assert quant["parity_vs_fp32"]["logits"]["sqnr_db"] > 20.0
@@ -69,14 +71,15 @@ def test_mptq_mixed_precision_for_coreml(tmp_path, capsys) -> None:
     manifest, err = run(tmp_path, capsys, method="mptq", bits="mixed", budget=0.75, target="coreml", explain=True)
     assert "output SQNR (dB) with one layer quantized" in err
     (art,) = manifest["artifacts"]
-    assert art["precision"] == "int4-weights" and art["facts"]["minimum_deployment_target"] == "iOS18"
-    held = art["facts"]["quant"]["weight_bits_held"]
-    assert set(held["linear"]) == {"int4", "int8"}
     summary = manifest["quant"]["units"]["model"]["summary"]
-    assert summary["weight_bytes"] <= 0.75e6 and summary["smoothed_layers"] > 0
-    assert sum(n for kind in held.values() for bits, n in kind.items() if bits == "int4") == int(
-        summary["weight_bits"]["4"]
-    )
+    planned = summary["weight_bits"]  # e.g. {"4": 3, "6": 2, "8": 5}
+    assert summary["weight_bytes"] <= 0.75e6 and summary["smoothed_layers"] > 0 and len(planned) > 1
+    assert art["precision"] == f"w{'-'.join(sorted(planned, key=int))}a8"
+    assert art["facts"]["minimum_deployment_target"] == "iOS18"
+    held = Counter()
+    for kind in art["facts"]["quant"]["weight_bits_held"].values():
+        held.update(kind)
+    assert held == Counter({{"4": "int4", "6": "palettized6", "8": "int8"}[b]: n for b, n in planned.items()})
 
 
 def _folder(tmp_path: Path, good: int, broken: int) -> str:
@@ -95,7 +98,7 @@ def _folder(tmp_path: Path, good: int, broken: int) -> str:
     ("kwargs", "error", "message"),
     [
         ({"bits": "4", "target": "onnx"}, EdgevitError, "cannot hold 4-bit weights: onnx holds 8-bit weights"),
-        ({"bits": "6"}, EdgevitError, "coreml holds 4/8-bit weights and fp16 activations"),
+        ({"bits": "6", "target": "tflite"}, EdgevitError, "coreml holds 4/6/8-bit weights and 8-bit activations"),
         ({"bits": "mixed"}, EdgevitError, "--bits mixed needs --budget-mb"),
         ({"bits": "mixed", "budget": 1.0, "target": "tflite"}, EdgevitError, "more than one weight width"),
         ({"bits": "mixed", "budget": 0.01, "target": "coreml"}, QuantError, "weight budget 0.01 MB cannot be met"),

@@ -90,7 +90,14 @@ def check_request(
         holders = "; ".join(f"{t} holds {held_bits(t)}" for t in WEIGHT_BITS)
         raise EdgevitError(f"--target {target} cannot hold {what}: {holders}")
     skipped = {t: f"holds {held_bits(t)}" for t in targets if t not in usable}
-    candidates = tuple(sorted(set().union(*(holding[t] for t in usable))))
+    # One plan feeds every target: mixed precision may use only the widths all of them hold.
+    candidates = tuple(sorted(set.intersection(*(set(holding[t]) for t in usable))))
+    if bits == "mixed" and len(candidates) < 2:
+        held = "; ".join(f"{t} holds {held_bits(t)}" for t in usable)
+        raise EdgevitError(
+            f"--bits mixed needs two weight widths every target holds, and {', '.join(usable)} share only "
+            f"{'/'.join(map(str, candidates)) or 'none'} ({held}): quantize for one --target at a time"
+        )
     return QuantRequest(method, bits, budget_mb, calib, tuple(usable), skipped, candidates, recon_iters)
 
 
