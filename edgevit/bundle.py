@@ -28,11 +28,14 @@ ALL_TARGETS = ("onnx", "executorch", "tflite", "coreml")
 
 
 def resolve_targets(target: str) -> tuple[str, ...]:
+    """`all`, one target, or a comma-separated list of them (e.g. `onnx,tflite`), in the canonical order."""
     if target == "all":
         return ALL_TARGETS
-    if target not in ALL_TARGETS:
-        raise EdgevitError(f"unknown target {target!r}; valid targets: {', '.join(ALL_TARGETS)}, all")
-    return (target,)
+    wanted = [t.strip() for t in target.split(",")]
+    unknown = [t for t in wanted if t not in ALL_TARGETS]
+    if unknown:
+        raise EdgevitError(f"unknown target {unknown[0]!r}; valid targets: {', '.join(ALL_TARGETS)}, all (or a list)")
+    return tuple(t for t in ALL_TARGETS if t in wanted)
 
 
 def _config_dict(model: nn.Module) -> dict[str, Any] | None:

@@ -76,6 +76,9 @@ def test_bad_targets_and_manifests(tmp_path):
     with pytest.raises(EdgevitError, match="valid targets: onnx, executorch, tflite, coreml, all"):
         resolve_targets("tensorrt")
     assert resolve_targets("all") == ("onnx", "executorch", "tflite", "coreml")
+    assert resolve_targets("tflite, onnx") == ("onnx", "tflite")
+    with pytest.raises(EdgevitError, match="unknown target 'tensorrt'"):
+        resolve_targets("onnx,tensorrt")
     with pytest.raises(EdgevitError, match="not a bundle"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
