@@ -75,7 +75,7 @@ def convert_cmd(
     model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")] = "efficienttam",
     variant: Annotated[str | None, typer.Option(help="Variant of the model (default: the family's default).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt) to load strictly.")] = None,
-    target: Annotated[str, typer.Option(help="coreml, tflite, executorch, onnx or all.")] = "all",
+    target: Annotated[str, typer.Option(help="coreml, tflite, executorch, onnx, all, or a comma list.")] = "all",
     precision: Annotated[str | None, typer.Option(help="fp32 or fp16 (default: each target's own).")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a model config field, KEY=VALUE (repeatable).")
@@ -138,7 +138,7 @@ def quantize_cmd(
     calib: Annotated[
         str, typer.Option(help="Calibration images: a folder, a video file, or 'builtin' (packaged photos).")
     ] = "builtin",
-    target: Annotated[str, typer.Option(help="onnx, executorch, tflite, coreml or all.")] = "all",
+    target: Annotated[str, typer.Option(help="onnx, executorch, tflite, coreml, all, or a comma list.")] = "all",
     explain: Annotated[bool, typer.Option(help="Print the plan, or the mixed-precision sensitivity table.")] = False,
     recon_iters: Annotated[
         int, typer.Option("--recon-iters", help="qhyvit: learned-rounding steps per block (fewer: faster, coarser).")
