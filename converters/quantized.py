@@ -461,7 +461,13 @@ def _lower_executorch(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[Ta
     from quant.pt2e import is_int4_linear, quantize_pt2e
 
     gemms = _gemm_plan(plan)
+    from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
+
     graph = quantize_pt2e(unit.module, unit.example_inputs, gemms, activations="dynamic", int4_full_range=True)
+    # One activation feeding several GEMMs (EfficientTAM's memory, read by every layer's K and V projections)
+    # gets one shared dynamic-quant chain; XNNPACK's partitioner then finds dependency cycles. ExecuTorch's
+    # own LLM export gives each consumer its own chain first, as done here.
+    DuplicateDynamicQuantChainPass()(graph)
     result = executorch_target.convert(_pt2e_unit(unit, graph), "fp32", path)
     xnn = executorch_target.xnnpack_gemm_dtypes(path)
     int4 = [name for name, lq in gemms.layers.items() if is_int4_linear(lq)]

@@ -173,6 +173,26 @@ def quantize_cmd(
     )
 
 
+@app.command("distill")
+def distill_cmd(
+    student: Annotated[str, typer.Argument(help="hybrid_distilled, vit_distilled or hybrid_digits.")],
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training crops and the data order.")] = 0,
+    out: Annotated[Path, typer.Option(help="Checkpoint file to write ({'model': state_dict}).")] = Path("student.pt"),
+    force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Train a small student here (distilled from EfficientNet-Lite0, or on digits labels) and write its checkpoint.
+
+    Trained weights are cached (~/.cache/edgevit/students), so a second run only copies them; the command prints
+    the --model/--variant/--set flags that rebuild the student for `edgevit quantize --checkpoint`.
+
+    Example: edgevit distill hybrid_digits --seed 0 --out hybrid_digits.pt
+    """
+    from edgevit.commands.distill import distill
+
+    distill(student, seed, out, force, as_json)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     from edgevit.errors import EdgevitError

@@ -30,7 +30,7 @@ def test_models_json_lists_every_family(monkeypatch, capsys):
     assert rows["vit_s16_224"]["parameters"] == 22_050_664
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["track"], ["convert"], ["inspect"], ["quantize"]])
+@pytest.mark.parametrize("command", [[], ["models"], ["track"], ["convert"], ["inspect"], ["quantize"], ["distill"]])
 def test_help_has_an_example(monkeypatch, capsys, command):
     code, out, _ = run(monkeypatch, capsys, *command, "--help")
     assert code == 0

@@ -14,12 +14,12 @@ from edgevit.errors import EdgevitError
 
 
 def _shown(key: str, value: float) -> str:
-    """Fractions as percentages, durations in seconds, the rest as is."""
+    """Durations in seconds, counts and losses as numbers, the rest (agreements, accuracies) as percentages."""
     if key.endswith("_seconds"):
         return f"{value:.1f} s"
-    if key.endswith(("agreement", "accuracy", "top5")):
-        return f"{100 * value:.1f} %"
-    return f"{value:.4g}"
+    if key.endswith(("_loss", "_distinct_top1")):
+        return f"{value:.4g}"
+    return f"{100 * value:.1f} %"
 
 
 def distill(student: str, seed: int, out: Path, force: bool, as_json: bool) -> None:
@@ -59,5 +59,6 @@ def distill(student: str, seed: int, out: Path, force: bool, as_json: bool) -> N
         table.add_row(key, _shown(key, value))
     console = Console()
     console.print(table)
-    console.print(f"checkpoint: {out}   (cached weights: {cached})")
+    console.print(f"checkpoint: {out}", soft_wrap=True)
+    console.print(f"cached weights: {cached}", soft_wrap=True)
     console.print(f"use it with: edgevit quantize {flags}", soft_wrap=True)

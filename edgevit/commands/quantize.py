@@ -13,7 +13,6 @@ EfficientTAM's memory and decoder units on inputs recorded while the model track
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -110,12 +109,17 @@ def plan_unit(
     """Calibrate `unit` and return it as it must be lowered (smoothed or reconstructed) with its plan."""
     if request.method == "qhyvit":
         return _qhyvit_unit(unit, request, calib, explain_to)
+    import dataclasses
+
+    from quant.bn_fold import fold_batchnorm
     from quant.fake_quant import collect_stats
     from quant.metrics import layer_sensitivity
     from quant.mixed_precision import explain, greedy_allocate
     from quant.smoothquant import smooth_quant_
 
-    module = unit.module
+    # Every backend folds BatchNorm into the conv before it quantizes; the plan must grid the folded weights.
+    module, folded = fold_batchnorm(unit.module, calib[0])
+    unit = dataclasses.replace(unit, module=module)
     records = smooth_quant_(module, calib) if request.method == "mptq" else {}
     stats = collect_stats(module, calib)
     if request.bits == "mixed" and request.budget_mb is not None:  # check_request made the budget required
@@ -131,7 +135,7 @@ def plan_unit(
         if explain_to is not None:
             explain_to(plan_table(plan))
     plan = plan.with_smoothing(records)
-    plan.metadata.update({"method": request.method, "bits": request.bits})
+    plan.metadata.update({"method": request.method, "bits": request.bits, "bn_folded": [list(p) for p in folded]})
     return unit, plan
 
 
@@ -196,9 +200,8 @@ def quantize_model(
     from edgevit.quant_bundle import QuantizedUnit, write_quant_bundle
     from edgevit.unit_data import unit_batches
 
-    # mptq rewrites weights (SQ-b folds into LayerNorms and Linears): work on a copy, keep the caller's model.
-    target_model = copy.deepcopy(model) if request.method == "mptq" else model
-    batches, calibration = unit_batches(target_model, request.calib)
+    # Each unit is planned on a BN-folded copy (and smoothed there for mptq): the caller's model stays as it is.
+    batches, calibration = unit_batches(model, request.calib)
     prepared = []
     for found in batches:
         unit, plan = plan_unit(found.unit, request, found.calib, explain_to)
