@@ -451,18 +451,32 @@ def _pt2e_unit(unit: DeployUnit, graph: nn.Module) -> DeployUnit:
     return dataclasses.replace(unit, module=graph)
 
 
-def _gemm_plan(plan: QuantPlan) -> QuantPlan:
-    """The plan without its activation-activation matmuls, which only static grids quantize."""
-    return plan.subset([name for name, lq in plan.layers.items() if lq.kind != "matmul"])
+def _gemm_plan(plan: QuantPlan, module: nn.Module | None = None) -> QuantPlan:
+    """The plan without its activation-activation matmuls, which only static grids quantize.
+
+    With `module`, convs with one input channel per group leave too (depthwise ones, and a conv reading a
+    one-channel mask): XNNPACK's dynamically quantized convolution counts them as depthwise and declines them,
+    and a quantized op it declines has no portable ExecuTorch kernel to fall back on.
+    """
+
+    def keeps(name: str, lq: Any) -> bool:
+        if lq.kind == "matmul":
+            return False
+        if module is None or lq.kind != "conv2d":
+            return True
+        conv = module.get_submodule(name)
+        return conv.in_channels // conv.groups > 1
+
+    return plan.subset([name for name, lq in plan.layers.items() if keeps(name, lq)])
 
 
 def _lower_executorch(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
+    from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
+
     from converters import executorch_target
     from quant.pt2e import is_int4_linear, quantize_pt2e
 
-    gemms = _gemm_plan(plan)
-    from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
-
+    gemms = _gemm_plan(plan, unit.module)
     graph = quantize_pt2e(unit.module, unit.example_inputs, gemms, activations="dynamic", int4_full_range=True)
     # One activation feeding several GEMMs (EfficientTAM's memory, read by every layer's K and V projections)
     # gets one shared dynamic-quant chain; XNNPACK's partitioner then finds dependency cycles. ExecuTorch's
