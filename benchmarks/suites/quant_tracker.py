@@ -65,11 +65,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def logit_sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
-    noise = float(((ref - test) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * float(np.log10(float((ref**2).sum()) / noise))
-
-
 def evaluation_clip(frames: int) -> list[np.ndarray]:
     """Consecutive frames of the clip calibration does not use (`--calib builtin` tunes on bikes.mp4)."""
     from edgevit.data.video import read_frames, sample_video
@@ -96,6 +91,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, console: Console)
     from edgevit.models import create
     from edgevit.models.efficienttam.calibration import centre_click
     from edgevit.tracking import bundle_tracker, eager_tracker
+    from quant.metrics import sqnr
 
     torch.manual_seed(0)
     model = create(name)
@@ -122,7 +118,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, console: Console)
     rows = {}
     for key, got in results.items():
         ious = [iou(r.mask, g.mask) for r, g in zip(reference, got, strict=True)]
-        sqnrs = [logit_sqnr(r.mask_logits, g.mask_logits) for r, g in zip(reference, got, strict=True)]
+        sqnrs = [sqnr(r.mask_logits, g.mask_logits) for r, g in zip(reference, got, strict=True)]
         rows[key] = {
             "iou_mean": float(np.mean(ious)),
             "iou_min": float(np.min(ious)),
