@@ -98,14 +98,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     add("--ort-calibrators", default=",".join(peers.ORT_CALIBRATORS), help="onnxruntime calibrate methods")
     add("--budgets", default="0.75,0.6,0.5", help="mixed precision: fractions of the W8A8 weight bytes")
-    add("--mixed-base", default="mptq", help="the prepared model mixed precision plans on: ptq or mptq")
+    add("--mixed-base", default="ptq,mptq", help="the prepared models mixed precision plans on (ptq, mptq)")
     add("--targets", default=",".join(TARGETS), help=f"deploy: comma-separated, of {', '.join(TARGETS)}")
     add("--deploy-methods", default="ptq,mptq", help="ours on onnx; the best of them goes to tflite/executorch")
     add("--deploy-bits", default="w8a8,w4a8", help="ours: bit settings to lower where the target holds them")
     add("--qhyvit-iters", type=int, default=200, help="Q-HyViT reconstruction iterations per block")
+    add("--qhyvit-bits", default="w4a8", help="Q-HyViT bit settings (each runs twice: bridges joint/separate)")
     add("--calib-images", type=int, default=24, help="calibration images per model (spread over the sources)")
     add("--eval-images", type=int, default=24, help="held-out images per model")
-    add("--frames", type=int, default=10, help="video frames per clip for the packaged models")
+    add("--frames", type=int, default=14, help="video frames per clip for the packaged models")
+    add("--student-cache", type=Path, default=None, help="students' trained-weights cache (default: theirs)")
     add("--runs", type=int, default=10, help="timed rounds (default 10)")
     add("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     add("--threads", type=int, default=1, help="threads for timing: torch and every runtime (default 1)")
@@ -115,11 +117,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--fresh", action="store_true", help="do not merge into an existing OUT.json")
     add("--show-backend-output", action="store_true", help="let backends print (default: to a log file)")
     args = parser.parse_args(argv)
-    for name in ("models", "sections", "methods", "peers", "ort_calibrators", "targets", "deploy_methods"):
+    for name in (
+        "models",
+        "sections",
+        "methods",
+        "peers",
+        "ort_calibrators",
+        "targets",
+        "deploy_methods",
+        "mixed_base",
+    ):
         setattr(args, name, _split(getattr(args, name)))
     try:
         args.bits = [parse_bits(b) for b in _split(args.bits)]
         args.deploy_bits = [parse_bits(b) for b in _split(args.deploy_bits)]
+        args.qhyvit_bits = [parse_bits(b) for b in _split(args.qhyvit_bits)]
         args.budgets = [float(b) for b in _split(args.budgets)]
     except ValueError as exc:
         parser.error(str(exc))
@@ -129,12 +141,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("targets", TARGETS),
         ("methods", ("ptq", "mptq", "qhyvit")),
         ("deploy_methods", ours.PLAN_METHODS),
+        ("mixed_base", ours.PLAN_METHODS),
         ("ort_calibrators", peers.ORT_CALIBRATORS),
     ):
         if unknown := [v for v in getattr(args, name) if v not in valid]:
             parser.error(f"unknown {name.replace('_', '-')} {', '.join(unknown)}; valid: {', '.join(valid)}")
-    if args.mixed_base not in ours.PLAN_METHODS:
-        parser.error(f"--mixed-base must be one of {', '.join(ours.PLAN_METHODS)}")
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.work_threads < 1:
         parser.error("need --runs >= 1, --warmup >= 0, --threads >= 1, --work-threads >= 1")
     if args.calib_images < 4 or args.eval_images < 2 or not all(0 < b <= 1 for b in args.budgets):
@@ -194,8 +205,12 @@ class Workspace:
     def calib_arrays(self) -> list[np.ndarray]:
         return [x.numpy() for x in self.subject.calib]
 
-    def prepared(self, method: str) -> ours.Prepared:
-        return self.memo(("prepared", method), lambda: ours.prepare(method, self.subject.model, self.subject.calib))
+    def prepared(self, method: str, bits: tuple[int, int]) -> ours.Prepared:
+        """The model `method` plans on; ptq's is the same at every bit-width, mptq's smoothing is per bits."""
+        key = bits if method == "mptq" else (8, 8)
+        return self.memo(
+            ("prepared", method, key), lambda: ours.prepare(method, self.subject.model, self.subject.calib, key)
+        )
 
     def fake_quant_scores(self, method: str, weight_bits: int, act_bits: int) -> dict[str, Any]:
         """Scores of our uniform plan (fake-quant); also decides which of ours goes to tflite/executorch."""
@@ -203,7 +218,7 @@ class Workspace:
         def build() -> dict[str, Any]:
             from quant.fake_quant import apply_plan
 
-            prepared = self.prepared(method)
+            prepared = self.prepared(method, (weight_bits, act_bits))
             plan = ours.uniform_plan(prepared, weight_bits, act_bits)
             outputs = module_outputs(apply_plan(prepared.module, plan), self.subject.held_out)
             return {**score(self, outputs), "weight_bytes": plan.weight_bytes()}
@@ -330,11 +345,11 @@ def uniform_jobs(ws: Workspace) -> list[Job]:
     jobs = []
     for method in (m for m in args.methods if m in ours.PLAN_METHODS):
         for w, a in args.bits:
-            base = {"model": model, "origin": "ours", "method": method, "variant": "min-max", "bits": bits_label(w, a)}
-            base["evaluated"] = "fake-quant (torch)"
+            base = {"model": model, "origin": "ours", "method": method, "variant": ours.VARIANTS[method]}
+            base.update(bits=bits_label(w, a), evaluated="fake-quant (torch)")
             jobs.append(Job(f"{method} {base['bits']}", base, _ours_uniform(ws, base, method, w, a)))
     if "qhyvit" in args.methods and bridges_of(ws.subject):
-        for w, a in args.bits:
+        for w, a in args.qhyvit_bits:
             for joint in (True, False):
                 variant = "bridges joint" if joint else "bridges separate (ablation)"
                 base = {"model": model, "origin": "ours", "method": "qhyvit", "variant": variant}
@@ -348,7 +363,7 @@ def uniform_jobs(ws: Workspace) -> list[Job]:
 def _ours_uniform(ws: Workspace, base: dict[str, Any], method: str, w: int, a: int) -> Callable[[], list[dict]]:
     def run() -> list[dict[str, Any]]:
         figures = timed(lambda: ws.fake_quant_scores(method, w, a))
-        return [row(base, **figures, prepare_seconds=round(ws.prepared(method).seconds, 2))]
+        return [row(base, **figures, prepare_seconds=round(ws.prepared(method, (w, a)).seconds, 2))]
 
     return run
 
@@ -449,45 +464,41 @@ PEER_JOBS: dict[str, Callable[[Workspace], list[Job]]] = {"ort": ort_jobs, "xnnp
 
 
 def mixed_jobs(ws: Workspace) -> list[Job]:
-    """Greedy mixed precision at each budget, beside the same prepared model's uniform W8A8 plan."""
-    method = ws.args.mixed_base
-    base = {
-        "model": ws.subject.name,
-        "origin": "ours",
-        "method": f"{method} + greedy MP",
-        "evaluated": "fake-quant (torch)",
-    }
+    """Greedy mixed precision at each budget on each base, beside the same prepared model's uniform W8A8 plan."""
+    return [_mixed_job(ws, method) for method in ws.args.mixed_base]
+
+
+def _mixed_job(ws: Workspace, method: str) -> Job:
+    base = {"model": ws.subject.name, "origin": "ours", "method": f"{method} + greedy MP", "bits": "mixed"}
+    base["evaluated"] = "fake-quant (torch)"
 
     def run() -> list[dict[str, Any]]:
         from quant.fake_quant import apply_plan
 
         w8 = ws.fake_quant_scores(method, 8, 8)
-        prepared = ws.prepared(method)
+        prepared = ws.prepared(method, (8, 8))
         plans, table_seconds = ours.mixed_plans(prepared, ws.subject.calib, ws.args.budgets)
         rows = []
         for fraction, plan in plans.items():
-            figures = timed(
-                lambda p=plan: score(ws, module_outputs(apply_plan(prepared.module, p), ws.subject.held_out))
-            )
-            summary = plan.summary()
+            outputs = module_outputs(apply_plan(prepared.module, plan), ws.subject.held_out)
             rows.append(
                 row(
                     base,
-                    **figures,
+                    **score(ws, outputs),
                     variant=f"budget {fraction:.0%} of W8A8 weights",
-                    bits="mixed",
                     budget_fraction=fraction,
                     weight_bytes=plan.weight_bytes(),
                     w8a8_weight_bytes=w8["weight_bytes"],
                     w8a8_sqnr_db=w8["sqnr_db"],
-                    weight_bits=summary["weight_bits"],
+                    weight_bits=plan.summary()["weight_bits"],
                     predicted_sqnr_db=plan.metadata.get("predicted_sqnr_db"),
                     sensitivity_seconds=round(table_seconds, 1),
+                    note=ours.MIXED_NOTES[method],
                 )
             )
         return rows
 
-    return [Job(f"{method} mixed precision ({len(ws.args.budgets)} budgets)", {**base, "bits": "mixed"}, run)]
+    return Job(f"{method} mixed precision ({len(ws.args.budgets)} budgets)", base, run)
 
 
 # ---------------------------------------------------------------------------------------------------- deploy
@@ -534,7 +545,7 @@ def _ours_artifact(ws: Workspace, method: str, target: str, w: int, a: int) -> t
     from converters import ConversionError
     from converters.quantized import convert_quantized, precision_for
 
-    prepared = ws.prepared(method)
+    prepared = ws.prepared(method, (w, a))
     plan = ours.uniform_plan(prepared, w, a)
     try:
         precision_for(plan, target)
@@ -705,12 +716,27 @@ def run_subject(
 
 
 def merge(previous: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
-    """Earlier results with this run's model×section entries replacing theirs (the subject facts too)."""
-    merged = {name: {"subject": m["subject"], "sections": dict(m["sections"])} for name, m in previous.items()}
+    """Earlier results with this run's measurements in place of theirs, so a long run can be split or redone.
+
+    Per model and section, the rows of every method this run measured (who + method) replace that method's
+    earlier rows, and other methods' rows are kept; `deploy` is replaced whole, because its timings were taken
+    side by side and only one run's artifacts belong in one comparison.
+    """
+    merged = {
+        name: {"subject": m["subject"], "sections": {k: dict(v) for k, v in m["sections"].items()}}
+        for name, m in previous.items()
+    }
     for name, fresh in models.items():
         entry = merged.setdefault(name, {"subject": fresh["subject"], "sections": {}})
         entry["subject"] = fresh["subject"]
-        entry["sections"].update(fresh["sections"])
+        for section, new in fresh["sections"].items():
+            old = entry["sections"].get(section)
+            if old is None or section == "deploy":
+                entry["sections"][section] = new
+                continue
+            measured = {(r.get("origin"), r.get("method")) for r in new["rows"]}
+            kept = [r for r in old["rows"] if (r.get("origin"), r.get("method")) not in measured]
+            entry["sections"][section] = {"rows": kept + new["rows"], "seconds": new["seconds"]}
     return merged
 
 
@@ -768,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                 task = progress.add_task(f"{name}: loading", total=None)
                 try:
                     with contextlib.redirect_stdout(sys.stderr):
-                        subject = loader(name, args.frames, limits, progress=False)()
+                        subject = loader(name, args.frames, limits, args.student_cache)()
                 except Exception as exc:
                     console.print(f"[red]{name}: cannot load ({one_line(exc)}); skipped[/]")
                     continue
@@ -780,8 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     previous, runs = ({}, []) if args.fresh else load_previous(json_path)
     merged = merge(previous, models)
     runs = [*runs, run_record(args, started, machine)]
-    result_tables = tables(merged)
-    summary = goals(merged) + run_notes(runs, machine)
+    try:
+        result_tables, summary = tables(merged), goals(merged) + run_notes(runs, machine)
+    except Exception as exc:  # the measurements took minutes: keep them even if tabulating them fails
+        console.print(f"[red]tables could not be built ({one_line(exc)}); writing the raw results only[/]")
+        result_tables, summary = [], [f"tables could not be built: {one_line(exc)}"]
     json_file, md_file = write_report(
         args.out.parent,
         args.out.name,

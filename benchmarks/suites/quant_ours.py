@@ -21,6 +21,11 @@ from quant.fake_quant import CalibrationStats
 from quant.plan import QuantPlan
 
 PLAN_METHODS = ("ptq", "mptq")
+VARIANTS = {"ptq": "BN folded, min-max", "mptq": "SQ-b (α searched at these bits) + min-max"}
+MIXED_NOTES = {
+    "ptq": "",
+    "mptq": "SQ-b's α searched at W8A8, kept for every layer's width",
+}
 SENSITIVITY_IMAGES = 4  # model forwards per (layer, bit-width) probe: the table's cost scales with this
 
 
@@ -43,8 +48,12 @@ def fold(module: nn.Module, example: Tensor) -> nn.Module:
     return folded.eval()
 
 
-def prepare(method: str, module: nn.Module, calib: Sequence[Tensor]) -> Prepared:
-    """Fold, smooth (mptq) and calibrate a copy of `module`; the caller's model is left as it is."""
+def prepare(method: str, module: nn.Module, calib: Sequence[Tensor], bits: tuple[int, int] = (8, 8)) -> Prepared:
+    """Fold, smooth (mptq) and calibrate a copy of `module`; the caller's model is left as it is.
+
+    SQ-b searches each layer's strength α for the quantizer that will run, so mptq is prepared per bit-width
+    (`bits`): α searched for 8-bit weights moves range into weights that 4-bit weights then cannot hold.
+    """
     from quant.fake_quant import collect_stats
     from quant.smoothquant import smooth_quant_
 
@@ -52,7 +61,9 @@ def prepare(method: str, module: nn.Module, calib: Sequence[Tensor]) -> Prepared
         raise ValueError(f"unknown plan method {method!r}; valid: {', '.join(PLAN_METHODS)}")
     start = time.perf_counter()
     model = fold(copy.deepcopy(module), calib[0])
-    smoothing = smooth_quant_(model, list(calib), progress=False) if method == "mptq" else {}
+    smoothing = {}
+    if method == "mptq":
+        smoothing = smooth_quant_(model, list(calib), weight_bits=bits[0], act_bits=bits[1], progress=False)
     stats = collect_stats(model, list(calib), progress=False)
     return Prepared(method, model, stats, smoothing, time.perf_counter() - start)
 

@@ -186,7 +186,9 @@ def xnnpack_static(
     for x in calib:
         prepared(x)
     converted = allow_exported_model_train_eval(convert_pt2e(prepared))
-    converted.eval()  # PT2E's patched eval() returns None, so not chained
+    converted.eval()  # switches the graph's ops to eval; PT2E's patched eval() returns None, so not chained
+    for module in converted.modules():  # ... but leaves the flag the converters check for eval mode set
+        module.training = False
     return converted
 
 

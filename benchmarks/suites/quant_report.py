@@ -21,9 +21,18 @@ ENCODER_SPEEDUP = 2.0
 _MB = 1e6
 
 
+_BITS_ORDER = {"W8A8": 0, "W6A6": 1, "W4A8": 2}
+
+
 def rows_of(models: dict[str, Any], section: str) -> Iterator[dict[str, Any]]:
+    """A section's rows, model by model; within a model ours first, then by method, variant and bits."""
     for entry in models.values():
-        yield from entry["sections"].get(section, {}).get("rows", [])
+        rows = entry["sections"].get(section, {}).get("rows", [])
+        yield from sorted(rows, key=_row_order) if section != "deploy" else rows
+
+
+def _row_order(r: dict[str, Any]) -> tuple:
+    return (r.get("origin") != "ours", r.get("method") or "", r.get("variant") or "", _BITS_ORDER.get(r.get("bits"), 9))
 
 
 def _mb(value: int | None) -> float | None:
@@ -224,8 +233,36 @@ def _facts_note(facts: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def subjects_table(models: dict[str, Any]) -> Table:
+    table = Table(
+        title="Models and images",
+        columns=["model", "parameters", "weights", "input", "calibration", "held out", "labels", "note"],
+        notes=["Calibration and held-out images come from different source files (photos and video clips)."],
+    )
+    for entry in models.values():
+        s = entry["subject"]
+        metrics = s.get("student_metrics") or {}
+        parts = [s.get("note"), f"teacher {s['teacher']}" if s.get("teacher") else None]
+        parts += [f"{k} {v:.3g}" for k, v in metrics.items() if "agreement" in k or "accuracy" in k]
+        note = "; ".join(p for p in parts if p)
+        table.rows.append(
+            [
+                s["name"],
+                f"{s['parameters'] / 1e6:.2f} M",
+                s["weights"],
+                "×".join(map(str, s["input_shape"])),
+                f"{s['calibration_images']}: {s['sources']['calibration']}",
+                f"{s['held_out_images']}: {s['sources']['held_out']}",
+                s["labels"],
+                note,
+            ]
+        )
+    return table
+
+
 def tables(models: dict[str, Any]) -> list[Table]:
-    return [t for t in (uniform_table(models), mixed_table(models), deploy_table(models)) if t.rows]
+    found = (subjects_table(models), uniform_table(models), mixed_table(models), deploy_table(models))
+    return [t for t in found if t.rows]
 
 
 # ---------------------------------------------------------------------------------------------------- goals

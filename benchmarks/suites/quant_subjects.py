@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,11 +216,11 @@ def load_encoder(frames: int, calib_images: int) -> Subject:
     return subject
 
 
-def load_student_subject(name: str, limits: tuple[int, int], progress: bool) -> Subject:
+def load_student_subject(name: str, limits: tuple[int, int], cache_dir: Path | None) -> Subject:
     """A student trained here (or read from its cache), with the images and labels it brings."""
     from edgevit.training.students import load_student
 
-    student = load_student(name, progress=progress)
+    student = load_student(name, progress=False, cache_dir=cache_dir)
     unit = student.model.deploy_units()[0]
     calib_idx = spread(range(len(student.calib)), limits[0])
     held_idx = spread(range(len(student.eval_images)), limits[1])
@@ -237,10 +238,10 @@ def load_student_subject(name: str, limits: tuple[int, int], progress: bool) -> 
     )
 
 
-def loader(name: str, frames: int, limits: tuple[int, int], progress: bool) -> Callable[[], Subject]:
+def loader(name: str, frames: int, limits: tuple[int, int], student_cache: Path | None) -> Callable[[], Subject]:
     """The zero-argument loader of subject `name` (students, the EfficientTAM encoder, or a packaged model)."""
     if name in STUDENT_NAMES:
-        return lambda: load_student_subject(name, limits, progress)
+        return lambda: load_student_subject(name, limits, student_cache)
     if name == ENCODER_NAME:
         return lambda: load_encoder(frames, min(limits[0], 8))
     return lambda: load_packaged(name, frames, limits)

@@ -11,6 +11,7 @@ import torch
 
 from benchmarks.report import write_report
 from benchmarks.suites import quant
+from benchmarks.suites import quant_peers as peers
 from benchmarks.suites.quant_report import goals, tables
 from benchmarks.suites.quant_subjects import Subject, spread
 from converters.unit import DeployUnit
@@ -51,6 +52,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "0.6",
             "--targets",
             "onnx",
+            "--deploy-bits",
+            "w8a8,w4a8",
             "--runs",
             "1",
             "--warmup",
@@ -103,7 +106,9 @@ def test_mixed_precision_fits_its_budget(result: dict[str, Any]) -> None:
 
 def test_deploy_scores_every_artifact_in_its_runtime_and_times_them(result: dict[str, Any]) -> None:
     rows = result["sections"]["deploy"]["rows"]
-    artifacts = [r for r in rows if r["kind"] == "artifact"]
+    w4 = by(rows, kind="artifact", origin="ours", bits="W4A8")
+    assert w4["status"] == "unsupported" and "onnx holds 8-bit weights" in w4["note"]
+    artifacts = [r for r in rows if r["kind"] == "artifact" and r is not w4]
     assert {r["origin"] for r in artifacts} == {"fp32", "ours", "peer"}
     assert all(r["status"] == "ok" for r in artifacts), [r.get("error") for r in artifacts]
     assert by(artifacts, origin="fp32")["sqnr_db"] > 80.0
@@ -124,7 +129,7 @@ def test_a_failing_method_becomes_a_row_not_a_crash() -> None:
 
 
 def test_results_file_merges_runs_and_judges_the_goals(result: dict[str, Any], tmp_path: Path) -> None:
-    earlier = {"other": {"subject": {}, "sections": {"uniform": {"rows": []}}}}
+    earlier = {"other": {"subject": {**result["subject"], "name": "other"}, "sections": {"uniform": {"rows": []}}}}
     models = quant.merge(earlier, {"dinov2_s_focus": result})
     assert set(models) == {"other", "dinov2_s_focus"}
     lines = goals(models)
@@ -134,8 +139,29 @@ def test_results_file_merges_runs_and_judges_the_goals(result: dict[str, Any], t
         tmp_path, "quant", title="t", machine={}, tables=tables(models), data={"models": models}
     )
     payload = json.loads(json_path.read_text())
-    assert [t["title"].split(" ")[0] for t in payload["tables"]] == ["Uniform", "Mixed", "Deployed"]
+    assert [t["title"].split(" ")[0] for t in payload["tables"]] == ["Models", "Uniform", "Mixed", "Deployed"]
     assert "| tiny_vit | ours | ptq |" in md_path.read_text()
+
+
+def test_the_xnnpack_peer_graph_is_flagged_for_eval_so_converters_take_it(tmp_path: Path) -> None:
+    subject = tiny_subject()
+    graph = peers.xnnpack_static(subject.model, subject.calib[0], subject.calib, 8, 8)
+    assert not graph.training
+    ws = quant.Workspace(subject, tmp_path, quant.parse_args([]))
+    assert quant.score(ws, quant.module_outputs(graph, subject.held_out))["sqnr_db"] > 15.0
+
+
+def test_merge_replaces_only_the_methods_measured_again() -> None:
+    ptq8, ort8 = (
+        {"origin": "ours", "method": "ptq", "bits": "W8A8"},
+        {"origin": "peer", "method": "ort", "bits": "W8A8"},
+    )
+    old = {"m": {"subject": {}, "sections": {"uniform": {"rows": [ptq8, ort8], "seconds": 1.0}}}}
+    ptq4 = {"origin": "ours", "method": "ptq", "bits": "W4A8"}
+    new = {"m": {"subject": {}, "sections": {"uniform": {"rows": [ptq4], "seconds": 2.0}, "deploy": {"rows": []}}}}
+    merged = quant.merge(old, new)["m"]["sections"]
+    assert merged["uniform"]["rows"] == [ort8, ptq4]
+    assert merged["deploy"] == {"rows": []}
 
 
 def test_parse_args_reads_bit_settings_and_rejects_unknown_names() -> None:
