@@ -1,8 +1,9 @@
 """Quantization suite: edgevit's PTQ, MPTQ and Q-HyViT side by side with the peers, on real trained weights.
 
 Per model, every method is calibrated on the same images and judged on held-out images from other source
-files (`quant_subjects`). Three sections, each runnable alone (`--sections`) and merged into one results file
-(a later run replaces only the model×section entries it measured, so a long run can be split):
+files (`quant_subjects`). Three sections, each runnable alone (`--sections`, `--models`, `--methods`,
+`--peers`) and merged into one results file (a later run replaces only the methods it measured again, see
+`merge`, so a long run can be split or partly redone):
 
 - `uniform`: output SQNR vs fp32, top-1 agreement and accuracy (where labels exist) at each bit setting, for
   ours (`ptq`, `mptq`, and `qhyvit` with and without joint bridge reconstruction on hybrids; fake-quant in
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ TARGETS = ("onnx", "tflite", "executorch")
 DEFAULT_MODELS = ("dinov2_s_focus", "efficientnet_lite0", *STUDENT_NAMES, ENCODER_NAME)
 EXAMPLE = (
     "OMP_WAIT_POLICY=PASSIVE python -m benchmarks.suites.quant --models dinov2_s_focus,efficientnet_lite0,"
-    "hybrid_distilled --bits w8a8,w4a8,w6a6 --runs 10 --threads 1 --out benchmarks/results/quant"
+    "hybrid_distilled --bits w8a8,w4a8,w6a6 --runs 10 --threads 1,2 --out benchmarks/results/quant"
 )
 
 
@@ -84,10 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.suites.quant",
         description="Quantize each model with edgevit's methods and the peers' on the same calibration images, "
         "judge them on held-out images, time the int8 artifacts; writes OUT.json and OUT.md.",
-        epilog=f"example (the full run; add --sections deploy --models efficienttam_s_512 for the encoder row):\n"
+        epilog=f"example (three models; the defaults run every model, the EfficientTAM-S encoder in deploy only):\n"
         f"  {EXAMPLE}\n\nA quick look: --models dinov2_s_focus --sections uniform --peers ort --ort-calibrators "
-        "MinMax --bits w8a8.\nRuns merge into OUT.json (a model×section measured again replaces the old one); "
-        "--fresh starts over.\nOn cores shared with other jobs, set OMP_WAIT_POLICY=PASSIVE (see the lowering suite).",
+        "MinMax --bits w8a8.\nRuns merge into OUT.json: the methods a run measures again replace their earlier rows "
+        "(deploy: per model);\n--fresh starts over. On cores shared with other jobs, set OMP_WAIT_POLICY=PASSIVE "
+        "(see the lowering suite).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
@@ -110,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--student-cache", type=Path, default=None, help="students' trained-weights cache (default: theirs)")
     add("--runs", type=int, default=10, help="timed rounds (default 10)")
     add("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
-    add("--threads", type=int, default=1, help="threads for timing: torch and every runtime (default 1)")
+    add("--threads", default="1", help="thread count(s) for timing torch and every runtime, comma-separated")
     add("--work-threads", type=int, default=2, help="threads for calibration, conversion, evaluation")
     add("--out", type=Path, default=Path("benchmarks/results/quant"), help="results path stem (.json/.md)")
     add("--artifacts", type=Path, default=None, help="keep artifacts here (default: a temporary folder)")
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bits = [parse_bits(b) for b in _split(args.bits)]
         args.deploy_bits = [parse_bits(b) for b in _split(args.deploy_bits)]
         args.qhyvit_bits = [parse_bits(b) for b in _split(args.qhyvit_bits)]
+        args.threads = [int(t) for t in _split(args.threads)]
         args.budgets = [float(b) for b in _split(args.budgets)]
     except ValueError as exc:
         parser.error(str(exc))
@@ -146,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if unknown := [v for v in getattr(args, name) if v not in valid]:
             parser.error(f"unknown {name.replace('_', '-')} {', '.join(unknown)}; valid: {', '.join(valid)}")
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.work_threads < 1:
+    if args.runs < 1 or args.warmup < 0 or not args.threads or min(args.threads) < 1 or args.work_threads < 1:
         parser.error("need --runs >= 1, --warmup >= 0, --threads >= 1, --work-threads >= 1")
     if args.calib_images < 4 or args.eval_images < 2 or not all(0 < b <= 1 for b in args.budgets):
         parser.error("need --calib-images >= 4, --eval-images >= 2 and budgets in (0, 1]")
@@ -162,19 +165,6 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-@dataclass
-class Deployed:
-    """An artifact the deploy section made, to be scored in its runtime and timed."""
-
-    label: str
-    target: str
-    origin: str  # "fp32", "ours" or "peer"
-    method: str
-    variant: str
-    path: Path
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
 class Workspace:
     """One model's state across the sections of a run: calibrations, graphs and artifacts are built once.
 
@@ -185,7 +175,7 @@ class Workspace:
         self.subject = subject
         self.dir = directory
         self.args = args
-        self.deployed: dict[str, Deployed] = {}
+        self.deployed: dict[str, tuple[str, Path]] = {}  # label → (target, path) of the artifacts to time
         self._memo: dict[tuple, tuple[Any, BaseException | None]] = {}
 
     def memo(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -516,9 +506,14 @@ def deploy_jobs(ws: Workspace) -> list[Job]:
                 jobs.append(_deploy_job(ws, target, "ours", method, "plan", bits_label(w, a), build))
         for method, variant, build in _peer_artifacts(ws, target):
             jobs.append(_deploy_job(ws, target, "peer", method, variant, "W8A8", build))
-    base = {"model": ws.subject.name, "kind": "timing"}
-    jobs.append(Job(f"time {len(ws.args.targets)} target(s), {ws.args.runs} runs", base, lambda: [time_deployed(ws)]))
+    jobs.extend(_timing_job(ws, threads) for threads in ws.args.threads)
     return jobs
+
+
+def _timing_job(ws: Workspace, threads: int) -> Job:
+    base = {"model": ws.subject.name, "kind": "timing", "threads": threads}
+    label = f"time {len(ws.deployed) or 'the'} artifacts, {threads} thread(s), {ws.args.runs} runs"
+    return Job(label, base, lambda: [time_deployed(ws, threads)])
 
 
 def _our_deploy_methods(ws: Workspace, target: str) -> list[str]:
@@ -622,29 +617,29 @@ def _deploy_job(
         path, facts = build()
         seconds = time.perf_counter() - start
         figures = score(ws, run_artifact(target, path, ws.subject.held_out, ws.args.work_threads))
-        ws.deployed[label] = Deployed(label, target, origin, method, variant, path, facts)
+        ws.deployed[label] = (target, path)
         size = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
         return [row(base, **figures, build_seconds=round(seconds, 1), file_bytes=size, facts=facts)]
 
     return Job(label, base, run)
 
 
-def time_deployed(ws: Workspace) -> dict[str, Any]:
-    """Eager fp32 and every artifact the section made, interleaved on `--threads` threads; medians."""
+def time_deployed(ws: Workspace, threads: int) -> dict[str, Any]:
+    """Eager fp32 and every artifact the section made, interleaved on `threads` threads; medians."""
     from converters import RuntimeUnavailableError
 
     args, unit = ws.args, ws.subject.unit
     x = ws.subject.held_out[0]
     fns: dict[str, Callable[[], Any]] = {"eager fp32": lambda: unit.run_eager(x)}
     skipped = {}
-    for label, deployed in ws.deployed.items():
+    for label, (target, path) in ws.deployed.items():
         try:
-            runner = open_runner(deployed.target, deployed.path, args.threads)
+            runner = open_runner(target, path, threads)
         except RuntimeUnavailableError as exc:
             skipped[label] = str(exc)
             continue
         fns[label] = lambda r=runner: r.run(x.numpy())
-    set_threads(args.threads)
+    set_threads(threads)  # after loading the runners: ExecuTorch's pool is process-wide, torch's must match
     load_before = load_average()
     try:
         stats = interleaved(fns, warmup=args.warmup, runs=args.runs)
@@ -654,13 +649,11 @@ def time_deployed(ws: Workspace) -> dict[str, Any]:
         "model": ws.subject.name,
         "kind": "timing",
         "status": "ok",
-        "threads": args.threads,
+        "threads": threads,
         "runs": args.runs,
         "warmup": args.warmup,
         "stats": {k: v.to_dict() for k, v in stats.items()},
         "not_run": skipped,
-        "coreml": "not run: Core ML prediction needs macOS (this is Linux); `edgevit quantize --target coreml` "
-        "converts only",
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
@@ -834,7 +827,8 @@ def run_notes(runs: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
         f"{len(runs)} run(s) merged into this file; the last took {last['wall_s']:.0f} s "
         f"(models {', '.join(last['args']['models'])}; sections {', '.join(last['args']['sections'])}).",
         f"Timing: {last['args']['runs']} interleaved rounds after {last['args']['warmup']} warm-up rounds, "
-        f"{last['args']['threads']} thread(s) for torch and every runtime; calibration and conversion on "
+        f"{'/'.join(map(str, last['args']['threads']))} thread(s) for torch and every runtime; calibration and "
+        "conversion on "
         f"{last['args']['work_threads']} thread(s).",
         "The machine is shared with other agents' jobs: 1-minute load average "
         + "; ".join(f"{r['load_average_start'][0]} → {r['load_average_end'][0]}" for r in runs)
