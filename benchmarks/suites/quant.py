@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=Path("benchmarks/results/quant"), help="results path stem (.json/.md)")
     add("--artifacts", type=Path, default=None, help="keep artifacts here (default: a temporary folder)")
     add("--fresh", action="store_true", help="do not merge into an existing OUT.json")
+    add("--report-only", action="store_true", help="re-tabulate OUT.json without measuring anything")
     add("--show-backend-output", action="store_true", help="let backends print (default: to a log file)")
     args = parser.parse_args(argv)
     for name in (
@@ -768,16 +769,12 @@ def artifact_dir(keep: Path | None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    out = os.fdopen(os.dup(1), "w")
-    console = Console(file=out, width=None if out.isatty() else 200)
+def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Every requested model and section, as plain data keyed by model name."""
     log = None if args.show_backend_output else Path(tempfile.gettempdir()) / f"edgevit-quant-{os.getpid()}.log"
     if log:
         console.print(f"backend output goes to {log}", style="dim")
     set_threads(args.work_threads)
-    machine = describe_machine((*DEFAULT_DISTRIBUTIONS, "ai-edge-quantizer", "torchao"))
-    started = time.perf_counter()
     limits = (args.calib_images, args.eval_images)
     models: dict[str, Any] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -794,11 +791,26 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     progress.remove_task(task)
                 models[name] = run_subject(subject, args.sections, args, art_root / name, progress, log)
+    return models
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = os.fdopen(os.dup(1), "w")
+    console = Console(file=out, width=None if out.isatty() else 200)
     json_path = args.out.with_suffix(".json")
     previous, runs = ({}, []) if args.fresh else load_previous(json_path)
-    merged = merge(previous, models)
-    runs = [*runs, run_record(args, started, machine)]
+    if args.report_only:
+        if not runs:
+            console.print(f"[red]--report-only: no results in {json_path} to tabulate[/]")
+            return 1
+        machine = json.loads(json_path.read_text())["machine"]
+        merged = previous
+    else:
+        machine = describe_machine((*DEFAULT_DISTRIBUTIONS, "ai-edge-quantizer", "torchao"))
+        started = time.perf_counter()
+        merged = merge(previous, measure(args, console))
+        runs = [*runs, run_record(args, started, machine)]
     try:
         result_tables, summary = tables(merged), goals(merged) + run_notes(runs, machine)
     except Exception as exc:  # the measurements took minutes: keep them even if tabulating them fails
@@ -824,8 +836,9 @@ def run_notes(runs: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
     """How the figures were taken: runs merged, threads, load on the shared machine."""
     last = runs[-1]
     lines = [
-        f"{len(runs)} run(s) merged into this file; the last took {last['wall_s']:.0f} s "
-        f"(models {', '.join(last['args']['models'])}; sections {', '.join(last['args']['sections'])}).",
+        f"{len(runs)} run(s) merged into this file, {sum(r['wall_s'] for r in runs) / 60:.0f} min of wall time in "
+        f"all; the last took {last['wall_s']:.0f} s (models {', '.join(last['args']['models'])}; sections "
+        f"{', '.join(last['args']['sections'])}).",
         f"Timing: {last['args']['runs']} interleaved rounds after {last['args']['warmup']} warm-up rounds, "
         f"{'/'.join(map(str, last['args']['threads']))} thread(s) for torch and every runtime; calibration and "
         "conversion on "
@@ -833,7 +846,7 @@ def run_notes(runs: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
         "The machine is shared with other agents' jobs: 1-minute load average "
         + "; ".join(f"{r['load_average_start'][0]} → {r['load_average_end'][0]}" for r in runs)
         + f" on {machine['cores_available']} cores. Ratios of interleaved medians hold better than absolute ms.",
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset'}.",
+        f"OMP_WAIT_POLICY={last['threading_env'].get('OMP_WAIT_POLICY') or 'unset'} in the last run.",
     ]
     return lines
 

@@ -302,15 +302,15 @@ def goal_margin_over_peers(models: dict[str, Any]) -> str | None:
     best, peer = max(mine, key=lambda r: r["sqnr_db"]), max(theirs, key=lambda r: r["sqnr_db"])
     margin = best["sqnr_db"] - peer["sqnr_db"]
     verdict = (
-        f"met by {margin - MARGIN_OVER_PEER_DB:.1f} dB"
+        f"met by {margin - MARGIN_OVER_PEER_DB:.2f} dB"
         if margin >= MARGIN_OVER_PEER_DB
-        else f"missed by {MARGIN_OVER_PEER_DB - margin:.1f} dB"
+        else f"missed by {MARGIN_OVER_PEER_DB - margin:.2f} dB"
     )
     artifact = _our_onnx_sqnr(models, best["method"])
     return (
         f"Goal, DINOv2-S static W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB above the best static peer: ours {_name(best)} "
         f"{best['sqnr_db']:.1f} dB{artifact} vs {_name(peer)} {peer['sqnr_db']:.1f} dB ({peer['evaluated']}): "
-        f"margin {margin:+.1f} dB — {verdict}."
+        f"margin {margin:+.2f} dB — {verdict}."
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks.machine import describe_machine
 from benchmarks.report import write_report
 from benchmarks.suites import quant
 from benchmarks.suites import quant_peers as peers
@@ -149,6 +150,19 @@ def test_the_xnnpack_peer_graph_is_flagged_for_eval_so_converters_take_it(tmp_pa
     assert not graph.training
     ws = quant.Workspace(subject, tmp_path, quant.parse_args([]))
     assert quant.score(ws, quant.module_outputs(graph, subject.held_out))["sqnr_db"] > 15.0
+
+
+def test_report_only_retabulates_a_results_file(result: dict[str, Any], tmp_path: Path) -> None:
+    args = quant.parse_args(["--models", "tiny_vit", "--threads", "1"])
+    machine = describe_machine(())
+    runs = [quant.run_record(args, 0.0, machine)]
+    write_report(
+        tmp_path, "quant", title="t", machine=machine, tables=[], data={"models": {"tiny_vit": result}, "runs": runs}
+    )
+    assert quant.main(["--report-only", "--out", str(tmp_path / "quant")]) == 0
+    payload = json.loads((tmp_path / "quant.json").read_text())
+    assert payload["data"]["runs"] == json.loads(json.dumps(runs)) and len(payload["tables"]) == 4
+    assert "| tiny_vit | 1 | eager |" in (tmp_path / "quant.md").read_text()
 
 
 def test_merge_replaces_only_the_methods_measured_again() -> None:
