@@ -15,7 +15,8 @@ from edgevit.data.video import read_frames, sample_video
 from edgevit.errors import EdgevitError
 from edgevit.models import create
 from edgevit.models.efficienttam.tracker import Prompt
-from edgevit.tracking import bundle_tracker, eager_tracker
+from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
+from quant.metrics import sqnr
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +102,6 @@ TRACK_SIZE = 128
 TRACK_FRAMES = 8
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def _sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
-    noise = float(((ref - test) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * float(np.log10(float((ref**2).sum()) / noise))
-
-
 @pytest.fixture(scope="module")
 def efficienttam_bundle(tmp_path_factory):
     """EfficientTAM-Ti at a small input, converted to every runnable target.
@@ -139,8 +130,8 @@ def test_converted_tracker_agrees_with_eager(efficienttam_bundle, target):
     assert len(converted) == len(eager) == TRACK_FRAMES
     areas = [float(r.mask.mean()) for r in eager]
     assert all(0.01 < a < 0.99 for a in areas), f"eager masks are trivial: {areas}"
-    ious = [_iou(e.mask, c.mask) for e, c in zip(eager, converted, strict=True)]
-    sqnrs = [_sqnr(e.mask_logits, c.mask_logits) for e, c in zip(eager, converted, strict=True)]
+    ious = [mask_iou(e.mask, c.mask) for e, c in zip(eager, converted, strict=True)]
+    sqnrs = [sqnr(e.mask_logits, c.mask_logits) for e, c in zip(eager, converted, strict=True)]
     assert float(np.mean(ious)) >= 0.99, f"{target}: IoU per frame {ious}"
     assert min(sqnrs) >= 40.0, f"{target}: logit SQNR per frame {sqnrs}"
 

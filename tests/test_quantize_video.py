@@ -16,20 +16,12 @@ from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
 from edgevit.models.efficienttam.calibration import record_unit_inputs
 from edgevit.models.efficienttam.tracker import UNIT_NAMES, Prompt
-from edgevit.tracking import bundle_tracker, eager_tracker
+from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
+from quant.metrics import sqnr
 from quant.plan import QuantPlan
 
 SIZE = 128
 FRAMES = 8
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def _sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
-    return 10 * float(np.log10(float((ref**2).sum()) / float(((ref - test) ** 2).sum())))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +81,8 @@ def test_int8_tracker_masks_agree_with_fp32(tracking_model, int8_bundle) -> None
     int8 = list(tracker.track(frames, prompt, num_frames=FRAMES))
     areas = [float(r.mask.mean()) for r in fp32]
     assert all(0.05 < a < 0.95 for a in areas), f"fp32 masks are trivial: {areas}"
-    ious = [_iou(f.mask, q.mask) for f, q in zip(fp32, int8, strict=True)]
-    sqnrs = [_sqnr(f.mask_logits, q.mask_logits) for f, q in zip(fp32, int8, strict=True)]
+    ious = [mask_iou(f.mask, q.mask) for f, q in zip(fp32, int8, strict=True)]
+    sqnrs = [sqnr(f.mask_logits, q.mask_logits) for f, q in zip(fp32, int8, strict=True)]
     # Measured: IoU 0.976-0.984, logit SQNR 29-33 dB per frame. An fp32 artifact agrees at > 40 dB
     # (tests/test_bundle.py), so an upper bound shows the int8 kernels really ran.
     assert float(np.mean(ious)) >= 0.95 and min(ious) >= 0.9, f"IoU per frame {ious}"

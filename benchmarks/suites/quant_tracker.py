@@ -60,11 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def evaluation_clip(frames: int) -> list[np.ndarray]:
     """Consecutive frames of the clip calibration does not use (`--calib builtin` tunes on bikes.mp4)."""
     from edgevit.data.video import read_frames, sample_video
@@ -90,7 +85,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, console: Console)
     from edgevit.commands.quantize import check_request, quantize_model
     from edgevit.models import create
     from edgevit.models.efficienttam.calibration import centre_click
-    from edgevit.tracking import bundle_tracker, eager_tracker
+    from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
     from quant.metrics import sqnr
 
     torch.manual_seed(0)
@@ -117,7 +112,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, console: Console)
     timing = time_trackers(trackers, frames, prompt, args.rounds)
     rows = {}
     for key, got in results.items():
-        ious = [iou(r.mask, g.mask) for r, g in zip(reference, got, strict=True)]
+        ious = [mask_iou(r.mask, g.mask) for r, g in zip(reference, got, strict=True)]
         sqnrs = [sqnr(r.mask_logits, g.mask_logits) for r, g in zip(reference, got, strict=True)]
         rows[key] = {
             "iou_mean": float(np.mean(ious)),
