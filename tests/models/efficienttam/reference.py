@@ -8,14 +8,18 @@ Test-only: the reference never enters the package.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
-import pytest
+import numpy as np
+
+# Imported plainly, not with pytest.importorskip: without the reference every parity test must fail, never skip.
+import sam2  # noqa: F401  (pip install --no-deps efficient-track-anything==1.0 hydra-core iopath)
 import torch
+from PIL import Image
 
-sam2 = pytest.importorskip(
-    "sam2",
-    reason="reference EfficientTAM not installed (pip install --no-deps efficient-track-anything==1.0)",
-)
+from edgevit.models.efficienttam.tracker import Prompt
 
 # efficienttam_{ti,s}[_512x512].yaml differ only in these three numbers.
 TRUNK = {"ti": (192, 3), "s": (384, 6)}
@@ -142,16 +146,75 @@ def official_config(size: str = "ti", image_size: int = 512) -> dict:
     }
 
 
-def build_reference(size: str = "ti", image_size: int = 512, seed: int = 0, obj_score_bias: float = 20.0):
+def build_reference(
+    size: str = "ti", image_size: int = 512, seed: int = 0, obj_score_bias: float = 20.0, obj_score_gain: float = 1.0
+) -> torch.nn.Module:
     """The official video predictor with random weights (seeded).
 
     Random weights make the object-score head say "no object" on every frame, so every mask is empty and a
-    comparison proves nothing (../shared/STACK.md); its last bias is raised so masks are non-trivial.
+    comparison proves nothing (../shared/STACK.md); its last bias is raised so masks are non-trivial. With random
+    weights the head's input hardly changes from frame to frame either, so its score moves by thousandths:
+    `obj_score_gain` scales the head's last weight so a test can set the threshold (the bias) inside the range
+    the score moves over and get frames both with and without the object.
     """
     from hydra.utils import instantiate
 
     torch.manual_seed(seed)
     model = instantiate(copy.deepcopy(official_config(size, image_size)), _recursive_=True)
     with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(obj_score_bias)
+        head = model.sam_mask_decoder.pred_obj_score_head.layers[-1]
+        head.weight.mul_(obj_score_gain)
+        head.bias.fill_(obj_score_bias)
     return model.eval()
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Perturb what the official init leaves trivial: `pos_embed` is zero and norms are identity, which would
+    hide how they are handled."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("pos_embed"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def write_jpgs(folder: Path, frames: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Save frames as N.jpg, the only input the official predictor reads, and return them as read back, so both
+    sides see the same (JPEG-decoded) pixels."""
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(frame).save(paths[-1], quality=95)
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+@dataclass
+class OfficialTrack:
+    logits: list[torch.Tensor]  # [H,W] per frame at video resolution, -1024 everywhere when the object is absent
+    object_scores: list[float]  # the mask decoder's object-score logit per frame (> 0: object present)
+
+
+def official_track(ref: torch.nn.Module, folder: Path, prompt: Prompt) -> OfficialTrack:
+    """Track one object through the N.jpg frames in `folder` with the official predictor, prompted on frame 0."""
+    scores: list[float] = []
+    hook = ref.sam_mask_decoder.register_forward_hook(lambda m, i, out: scores.append(float(out[3].reshape(-1)[0])))
+    try:
+        with torch.inference_mode():
+            state = ref.init_state(str(folder))
+            if prompt.mask is not None:
+                ref.add_new_mask(state, 0, 1, prompt.mask)
+            else:
+                pts = list(prompt.points)
+                labels = list(prompt.labels)
+                if prompt.box is not None:  # box corners go first, labelled 2 and 3
+                    pts = [prompt.box[:2], prompt.box[2:]] + pts
+                    labels = [2, 3] + labels
+                ref.add_new_points(state, 0, 1, np.array(pts, dtype=np.float32), np.array(labels, dtype=np.int32))
+            logits = [masks[0, 0].clone() for _, _, masks in ref.propagate_in_video(state)]
+    finally:
+        hook.remove()
+    # one decoder call per frame (on a mask-prompted frame it only makes the object pointer)
+    assert len(scores) == len(logits), f"{len(scores)} decoder calls for {len(logits)} frames"
+    return OfficialTrack(logits, scores)

@@ -10,20 +10,9 @@ import torch
 
 from edgevit.models.efficienttam.config import VARIANTS
 from edgevit.models.efficienttam.image_encoder import ImageEncoder
-from tests.models.efficienttam.reference import official_config
+from tests.models.efficienttam.reference import official_config, randomize_
 
 CFG = dataclasses.replace(VARIANTS["ti"], image_size=256)  # 16x16 features: window blocks pad 16 -> 28
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """The official init leaves pos_embed at zero and norms at identity, which would hide their handling."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("pos_embed"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-            elif p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def _assert_close(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -39,7 +28,7 @@ def pair() -> tuple[torch.nn.Module, ImageEncoder]:
 
     torch.manual_seed(0)
     ref = instantiate(copy.deepcopy(official_config("ti", CFG.image_size)["image_encoder"])).eval()
-    _randomize(ref, seed=1)
+    randomize_(ref, seed=1)
     ours = ImageEncoder(CFG).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours

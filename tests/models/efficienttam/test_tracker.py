@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
 from edgevit.models.efficienttam.tracker import Prompt
 from edgevit.tracking import eager_tracker
-from tests.models.efficienttam.reference import build_reference
+from tests.models.efficienttam.reference import build_reference, official_track, write_jpgs
 
 IMAGE_SIZE = 256  # official hyper-parameters at a smaller input, for test time
 NUM_FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def frames_dir(tmp_path_factory):
-    """The first frames of bikes.mp4 as N.jpg, the only input the official predictor reads."""
+def clip(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    """The first frames of bikes.mp4 as N.jpg for the official predictor, and as our tracker reads them."""
     folder = tmp_path_factory.mktemp("bikes")
-    for i, frame in enumerate(read_frames(sample_video("bikes"), NUM_FRAMES)):
-        Image.fromarray(frame).save(folder / f"{i}.jpg", quality=95)
-    return folder
-
-
-def _jpgs(folder) -> list[np.ndarray]:
-    return [np.asarray(Image.open(folder / f"{i}.jpg").convert("RGB")) for i in range(NUM_FRAMES)]
-
-
-def _reference_logits(ref, folder, prompt: Prompt) -> list[torch.Tensor]:
-    with torch.inference_mode():
-        state = ref.init_state(str(folder))
-        if prompt.mask is not None:
-            ref.add_new_mask(state, 0, 1, prompt.mask)
-        else:
-            pts = list(prompt.points)
-            labels = list(prompt.labels)
-            if prompt.box is not None:  # box corners go first, labelled 2 and 3
-                pts = [prompt.box[:2], prompt.box[2:]] + pts
-                labels = [2, 3] + labels
-            ref.add_new_points(state, 0, 1, np.array(pts, dtype=np.float32), np.array(labels, dtype=np.int32))
-        return [masks[0, 0].clone() for _, _, masks in ref.propagate_in_video(state)]
+    return folder, write_jpgs(folder, read_frames(sample_video("bikes"), NUM_FRAMES))
 
 
 @pytest.mark.parametrize(
@@ -54,14 +34,15 @@ def _reference_logits(ref, folder, prompt: Prompt) -> list[torch.Tensor]:
     ],
     ids=["click", "box+negative", "mask"],
 )
-def test_tracker_equals_official_video_predictor(frames_dir, prompt):
+def test_tracker_equals_official_video_predictor(clip, prompt):
+    folder, frames = clip
     torch.manual_seed(0)
     ref = build_reference("ti", IMAGE_SIZE, seed=0)
     ours = create("efficienttam_ti", image_size=IMAGE_SIZE)
     ours.load_state_dict(ref.state_dict(), strict=True)
 
-    expected = _reference_logits(ref, frames_dir, prompt)
-    got = [r.mask_logits for r in eager_tracker(ours).track(_jpgs(frames_dir), prompt, num_frames=NUM_FRAMES)]
+    expected = official_track(ref, folder, prompt).logits
+    got = [r.mask_logits for r in eager_tracker(ours).track(frames, prompt, num_frames=NUM_FRAMES)]
 
     assert len(got) == len(expected) == NUM_FRAMES
     areas = [float((e > 0).float().mean()) for e in expected]
