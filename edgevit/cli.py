@@ -43,7 +43,7 @@ def track_cmd(
     ] = None,
     target: Annotated[str | None, typer.Option(help="With --bundle: which target's artifacts to run.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder for per-frame PNG masks and overlay.mp4.")] = Path("masks"),
-    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
@@ -110,14 +110,17 @@ def convert_cmd(
 def inspect_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `edgevit convert`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every artifact's size and sha256 against the manifest first.")
+    ] = False,
 ) -> None:
     """Show a bundle: units x targets with size, precision and parity.
 
-    Example: edgevit inspect bundle/ --json
+    Example: edgevit inspect bundle/ --verify
     """
     from edgevit.commands.inspect import inspect
 
-    inspect(bundle, as_json)
+    inspect(bundle, as_json, verify)
 
 
 @app.command("quantize")
@@ -194,30 +197,65 @@ def distill_cmd(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: every failure is one line on stderr and a non-zero exit code, never a traceback.
+
+    User errors exit 2, a usage error (unknown command or option, missing or ill-typed value) exits 2 with the
+    closest valid spelling where there is one, Ctrl-C exits 130; a claim on `--out` left by a failed run is dropped.
+    """
+    from edgevit.io import release_claims
+
+    try:
+        code = _run(sys.argv[1:] or ["--help"])
+    except KeyboardInterrupt:  # outside the command (e.g. while importing), where typer cannot see it
+        code = _fail("interrupted (Ctrl-C)", 130)
+    finally:
+        release_claims()
+    sys.exit(code)
+
+
+def _fail(message: str, code: int) -> int:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return code
+
+
+def _run(args: list[str]) -> int:
+    from typer.exceptions import Abort, TyperException
+
     from edgevit.errors import EdgevitError
 
     try:
-        app(standalone_mode=False)
+        code = app(args=args, prog_name="edgevit", standalone_mode=False)
     except EdgevitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return _fail(str(exc), 2)
+    except Abort:
+        return _fail("interrupted", 130)
+    except TyperException as exc:  # click's usage errors: one line, with the command's --help to read
+        return _fail(_usage_message(exc, args), getattr(exc, "exit_code", 2))
     except Exception as exc:
-        import click
-
         from converters.base import ConversionError  # the leaves' user errors (they cannot import edgevit)
         from quant.errors import QuantError
 
         if isinstance(exc, ConversionError | QuantError):
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            return _fail(str(exc), 2)
+        raise
+    if code == 130:  # typer turns a KeyboardInterrupt inside the command into exit code 130
+        return _fail("interrupted (Ctrl-C)", 130)
+    return code if isinstance(code, int) else 0
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(130)
-        raise
-    except SystemExit:
-        raise
+
+def _usage_message(exc: Exception, args: list[str]) -> str:
+    """The error click would print after its usage block, plus the valid commands when none is close."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    commands = sorted(c.name for c in app.registered_commands if c.name)
+    if message.startswith("No such command") and "Did you mean" not in message:
+        message += f" Commands: {', '.join(commands)}."
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        command = ctx.command_path
+    else:  # some parser errors carry no context: name the command from the arguments
+        command = "edgevit" + (f" {args[0]}" if args and args[0] in commands else "")
+    return f"{message} (see '{command} --help')"
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edgevit.cli import main
+from edgevit.io import MARKER
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -62,10 +63,31 @@ def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, 
     out_args = [] if args[0] == "inspect" else ["--out", str(out_dir)]
     code, _, err = run(monkeypatch, capsys, *args, *out_args)
     assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
+    lines = err.splitlines()  # the whole of stderr: one line
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not out_dir.exists() and list(tmp_path.iterdir()) == [garbage]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchcmd"], "No such command 'nosuchcmd'. Commands: convert, distill, inspect, models, quantize, track."),
+        (["convet", "--model", "vit"], "No such command 'convet'. Did you mean 'convert'?"),
+        (["convert", "--no-such-flag"], "No such option: --no-such-flag (see 'edgevit convert --help')"),
+        (["convert", "--ouy", "b"], "No such option: --ouy (Possible options: --out)"),
+        (["convert", "--model", "vit", "--out"], "Option '--out' requires an argument."),
+        (["track", "sample:bikes", "--point", "1,1", "--max-frames", "abc"], "Invalid value for '--max-frames'"),
+        (["track", "sample:bikes", "--point", "1,1", "--max-frames", "0"], "greater than or equal to 1"),
+        (["quantize", "--method", "ptq"], "Missing option '--model'."),
+    ],
+)
+def test_usage_error_is_one_line_exit_2(monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
@@ -89,7 +111,7 @@ def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
     assert "RANDOM" in err
     summary = json.loads(out)
     assert summary["frames"] == 2 and summary["weights"] == "random"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["00000.png", "00001.png", "overlay.mp4"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [MARKER, "00000.png", "00001.png", "overlay.mp4"]
     assert [p.name for p in tmp_path.iterdir()] == ["masks"]  # no temp folder left beside it
     code, _, err = run(monkeypatch, capsys, "track", "sample:bikes", "--point", "1,1", "--out", str(out_dir))
     assert code == 2 and "already exists; pass --force" in err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,15 +68,17 @@ def convert(
     targets = resolve_targets(target)
     if precision is not None and precision not in ("fp32", "fp16"):
         raise EdgevitError(f"unknown precision {precision!r}; valid: fp32, fp16")
-    check_out(out, force)
+    check_out(out, force, inputs=[checkpoint])
     model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
     if weights_origin(model) == "random":
         console.print(
-            "[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, outputs meaningless)[/]"
+            "[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, outputs meaningless)[/]",
+            soft_wrap=True,
         )
     total = len(model.deploy_units()) * len(targets)
     with backend_output_to_log("edgevit-convert") as (log, real_err):
-        progress = Progress(console=Console(file=real_err), transient=not real_err.isatty())
+        # A bar only on a terminal: elsewhere it would add a blank line to a failure's one-line message.
+        progress = Progress(console=Console(file=real_err), disable=not real_err.isatty())
         task = progress.add_task("converting", total=total)
 
         started = iter(range(total))
@@ -87,11 +88,13 @@ def convert(
 
         try:
             with progress:
-                manifest = write_bundle(model, targets, precision, out, force, on_artifact=step)
+                manifest = write_bundle(model, targets, precision, out, force, on_artifact=step, log=log)
                 progress.update(task, completed=total)
-        except ConversionError as exc:
+        except ConversionError as exc:  # the log explains it: kept, and named
             raise ConversionError(f"{exc} (backend log: {log})") from None
-    shutil.copy(log, out / "convert.log")
+        except BaseException:
+            log.unlink(missing_ok=True)
+            raise
     log.unlink()
     if as_json:
         print(json.dumps(manifest, indent=2))

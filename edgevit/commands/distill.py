@@ -23,21 +23,23 @@ def _shown(key: str, value: float) -> str:
 
 
 def distill(student: str, seed: int, out: Path, force: bool, as_json: bool) -> None:
+    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from edgevit.io import check_out
-    from edgevit.training.students import cache_path, load_student, quantize_flags, recipe, save_atomic
+    from edgevit.io import atomic_file, check_file_out
+    from edgevit.training.students import cache_path, load_student, quantize_flags, recipe
 
     recipe(student)  # an unknown name fails here, before any slow work
     out = Path(out)
-    check_out(out, force)
     if out.is_dir():
         raise EdgevitError(f"--out {out} is a folder; the checkpoint is one file (e.g. --out {student}.pt)")
+    check_file_out(out, force)
     cached = cache_path(student, seed)
     was_cached = cached.is_file()
     result = load_student(student, seed=seed)
-    save_atomic({"model": result.model.state_dict()}, out)
+    with atomic_file(out, force) as tmp:
+        torch.save({"model": result.model.state_dict()}, tmp)
     flags = f"{quantize_flags(student)} --checkpoint {shlex.quote(str(out))}"
     if as_json:
         summary = {
