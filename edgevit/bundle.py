@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,11 @@ import torch
 from torch import nn
 
 from converters.unit import DeployUnit
+from edgevit import manifest as manifest_io
 from edgevit.errors import EdgevitError
 from edgevit.io import atomic_dir
+from edgevit.manifest import SCHEMA, SCHEMA_VERSION
 
-SCHEMA = "edgevit.bundle"
-SCHEMA_VERSION = 1
 ALL_TARGETS = ("onnx", "executorch", "tflite", "coreml")
 
 
@@ -83,8 +84,14 @@ def write_bundle(
     out: Path,
     force: bool = False,
     on_artifact: Callable[[str, str], None] | None = None,
+    log: Path | None = None,
 ) -> dict[str, Any]:
-    """Convert every deploy unit of `model` for every target into `out`; returns the manifest."""
+    """Convert every deploy unit of `model` for every target into `out`; returns the manifest.
+
+    `log` (the backends' output) is copied in as `convert.log` before the bundle is renamed into place.
+    """
+    import shutil
+
     from converters.base import convert
 
     units = model.deploy_units()
@@ -99,24 +106,26 @@ def write_bundle(
                 entry["path"] = str(Path(target) / Path(art.path).name)
                 artifacts.append(entry)
         manifest = {**manifest_header(model, units), "artifacts": artifacts}
-        text = json.dumps(manifest, indent=2) + "\n"
-        (tmp / "manifest.json").write_text(text)
+        text = write_manifest(tmp, manifest)
+        if log is not None:
+            shutil.copyfile(log, tmp / "convert.log")  # with the user's permissions, not the temp file's 0600
     return json.loads(text)  # what readers of the file will see (lists, not tuples)
 
 
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> str:
+    """Write `manifest.json` only if what a reader will parse is valid: a writer bug must not ship a bundle
+    that apps refuse. Returns the text written."""
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    where = f"{manifest_io.MANIFEST} (being written)"
+    manifest_io.validate(manifest_io.parse(text.encode(), where), where)
+    (folder / manifest_io.MANIFEST).write_text(text, encoding="utf-8")
+    return text
+
+
 def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = Path(bundle) / "manifest.json"
-    if not path.is_file():
-        raise EdgevitError(f"{bundle} is not a bundle (no manifest.json); make one with `edgevit convert`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgevitError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if manifest.get("schema") != SCHEMA or not isinstance(manifest.get("schema_version"), int):
-        raise EdgevitError(f"{path} is not an edgevit bundle manifest")
-    if manifest["schema_version"] > SCHEMA_VERSION:
-        raise EdgevitError(f"bundle schema {manifest['schema_version']} is newer than this edgevit ({SCHEMA_VERSION})")
-    return manifest
+    """The bundle's manifest, validated against the published schema and checked against itself and the files
+    it names (inside the bundle, present, recorded size); anything else is one `EdgevitError` line."""
+    return manifest_io.read(bundle)
 
 
 def artifact_for(manifest: dict[str, Any], unit: str, target: str | None) -> dict[str, Any]:
@@ -126,19 +135,40 @@ def artifact_for(manifest: dict[str, Any], unit: str, target: str | None) -> dic
         found = [a for a in found if a["parity"] is not None]
     if not found:
         have = sorted({a["target"] for a in manifest["artifacts"]})
-        wanted = target or "runnable"
+        wanted = manifest_io.safe_text(target or "runnable")
         raise EdgevitError(f"bundle has no {wanted} artifact for unit {unit!r}; it holds: {', '.join(have)}")
     return found[0]
 
 
-def unit_runner(bundle: Path, artifact: dict[str, Any], num_threads: int | None = None):
-    """A torch-in/torch-out callable over an artifact's runtime, the form the tracker drives."""
+def warn_unchecked(artifacts: Sequence[dict[str, Any]]) -> None:
+    """One stderr line naming the artifacts about to run that were never parity-checked (Core ML off macOS):
+    nothing vouches that they compute what the model does."""
+    unchecked = [f"{manifest_io.safe_text(a['unit'])}/{a['target']}" for a in artifacts if a["parity"] is None]
+    if unchecked:
+        print(
+            f"warning: running artifacts never parity-checked against PyTorch: {', '.join(unchecked)}",
+            file=sys.stderr,
+        )
+
+
+def unit_runner(bundle: Path, artifact: dict[str, Any], num_threads: int | None = None, index: int | None = None):
+    """A torch-in/torch-out callable over an artifact's runtime, the form the tracker drives.
+
+    The file's size and sha256 are checked against the manifest before the runtime parses it: a runtime's
+    parser is not a security boundary, and a changed file would silently give other numbers.
+    """
     from converters.runtime import RuntimeUnavailableError, load_runner
 
+    path = manifest_io.verify_artifact(bundle, artifact, index)
     try:
-        runner = load_runner(artifact["target"], Path(bundle) / artifact["path"], num_threads)
+        runner = load_runner(artifact["target"], path, num_threads)
     except RuntimeUnavailableError as exc:
         raise EdgevitError(f"cannot run {artifact['target']} artifacts here: {exc}") from None
+    except Exception as exc:  # the bytes are the converted ones, so this is a runtime/version mismatch
+        first = manifest_io.safe_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise EdgevitError(
+            f"the {artifact['target']} runtime cannot load {manifest_io.quoted(artifact['path'])}: {first}"
+        ) from None
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(o) for o in runner.run(*(x.numpy() for x in inputs)))

@@ -7,7 +7,6 @@ unit's `QuantPlan` JSON lies, so a run can be audited or replayed on a new check
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from converters.unit import DeployUnit
-from edgevit.bundle import manifest_header
+from edgevit.bundle import manifest_header, write_manifest
 from edgevit.io import atomic_dir
 from quant.plan import QuantPlan
 
@@ -69,7 +68,7 @@ def write_quant_bundle(
             "quant": json_safe({**quant_info, "units": plans}),
             "artifacts": artifacts,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        write_manifest(tmp, manifest)
     return manifest
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import EdgevitError
+from edgevit.models.efficienttam.config import EfficientTAMConfig
 from edgevit.models.efficienttam.tracker import UNIT_NAMES, Tracker
 
 
@@ -22,18 +23,28 @@ def eager_tracker(model) -> Tracker:
 
 
 def bundle_tracker(bundle: Path, target: str | None, num_threads: int | None = None) -> tuple[Tracker, dict]:
-    """Drive a converted bundle's units: the same loop, another runtime, so masks can be compared."""
-    from edgevit.bundle import artifact_for, read_manifest, unit_runner
-    from edgevit.models.efficienttam.config import EfficientTAMConfig
+    """Drive a converted bundle's units: the same loop, another runtime, so masks can be compared.
+
+    The manifest is validated (its config against the units' shapes too) and all four artifacts are checked
+    (size, sha256) before any runtime opens one.
+    """
+    from edgevit.bundle import artifact_for, read_manifest, unit_runner, warn_unchecked
+    from edgevit.manifest import quoted, safe_text, verify_artifact
 
     manifest = read_manifest(bundle)
     model = manifest["model"]
-    if model["name"] != "efficienttam" or not model.get("config"):
-        raise EdgevitError(f"bundle {bundle} holds {model['name']!r}, which does not track video; convert efficienttam")
-    cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in model["config"].items()}
-    cfg = EfficientTAMConfig(**cfg_dict)
+    if model["name"] != "efficienttam":
+        raise EdgevitError(
+            f"bundle {safe_text(str(bundle))} holds {quoted(model['name'])}, which does not track video; "
+            "convert efficienttam"
+        )
+    cfg = config_from_manifest(model["config"])
     arts = {name: artifact_for(manifest, name, target) for name in UNIT_NAMES}
-    runners = {name: unit_runner(bundle, art, num_threads) for name, art in arts.items()}
+    indices = {name: manifest["artifacts"].index(art) for name, art in arts.items()}
+    for name, art in arts.items():
+        verify_artifact(bundle, art, indices[name])
+    runners = {name: unit_runner(bundle, art, num_threads, indices[name]) for name, art in arts.items()}
+    warn_unchecked(list(arts.values()))
     targets = sorted({a["target"] for a in arts.values()})
     source = {
         "model": f"{model['name']}_{model['variant']}",
@@ -41,6 +52,14 @@ def bundle_tracker(bundle: Path, target: str | None, num_threads: int | None = N
         "weights": manifest["weights"]["source"],
     }
     return Tracker(cfg, runners), source
+
+
+def config_from_manifest(config: dict) -> EfficientTAMConfig:
+    """The EfficientTAMConfig a validated manifest records (the schema fixes its fields and types)."""
+    try:
+        return EfficientTAMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    except TypeError as exc:  # a config field this edgevit does not know (the schema should have said so)
+        raise EdgevitError(f"the bundle's EfficientTAM config does not fit this edgevit: {exc}") from None
 
 
 def make_tracker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from converters.artifact import size_and_sha256
 from edgevit.bundle import read_manifest, resolve_targets, write_bundle
 from edgevit.data.video import read_frames, sample_video
 from edgevit.errors import EdgevitError
+from edgevit.manifest import schema, verify_artifact
 from edgevit.models import create
 from edgevit.models.efficienttam.tracker import Prompt
 from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
@@ -29,6 +31,7 @@ def test_manifest_describes_every_artifact(tiny_vit, tmp_path):
     out = tmp_path / "bundle"
     manifest = write_bundle(tiny_vit, ("onnx", "coreml"), None, out)
     assert read_manifest(out) == json.loads(json.dumps(manifest))
+    jsonschema.validate(json.loads((out / "manifest.json").read_text()), schema())  # what apps check
     assert manifest["schema_version"] == 1 and manifest["weights"]["source"] == "random"
     assert manifest["model"]["input_size"] == [64, 64] and manifest["model"]["mean"] == [0.485, 0.456, 0.406]
     assert [u["name"] for u in manifest["units"]] == ["model"]
@@ -38,6 +41,7 @@ def test_manifest_describes_every_artifact(tiny_vit, tmp_path):
         path = out / art["path"]
         assert path.exists()
         assert (art["size_bytes"], art["sha256"]) == size_and_sha256(path)
+        assert verify_artifact(out, art) == path  # a Core ML package is a folder: every file is hashed
         assert art["inputs"][0]["name"] == "image" and art["inputs"][0]["shape"] == [1, 3, 64, 64]
         assert "torch" in art["versions"]
     assert float(by_target["onnx"]["parity"]["logits"]["sqnr_db"]) > 60
@@ -84,6 +88,9 @@ def test_bad_targets_and_manifests(tmp_path):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(EdgevitError, match="not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('[{"schema": "edgevit.bundle"}]')
+    with pytest.raises(EdgevitError, match=r"manifest.json: \(top level\): expected a JSON object, found an array"):
         read_manifest(tmp_path)
 
 

@@ -1,4 +1,8 @@
-"""`edgevit inspect`: what a bundle holds — units × targets with size, precision and parity."""
+"""`edgevit inspect`: what a bundle holds — units × targets with size, precision and parity.
+
+Every string in the table comes from the manifest, which is untrusted: cells are rich `Text` (never parsed as
+markup, so `[red]` or `[link=...]` print literally) with control characters shown as escapes.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +18,48 @@ def parity_text(art: dict[str, Any]) -> str:
     return f"{float(worst['sqnr_db']):.1f} dB, max |Δ| {float(worst['max_abs_diff']):.1e}"
 
 
-def print_table(manifest: dict[str, Any], bundle: Path) -> None:
+def print_table(manifest: dict[str, Any], bundle: Path, verified: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from edgevit.manifest import safe_text
+
+    def cell(value: Any) -> Text:
+        return Text(safe_text(str(value), 200))
 
     model = manifest["model"]
     weights = manifest["weights"]["source"]
-    table = Table(title=f"{bundle}: {model['name']} {model['variant']} ({weights} weights)")
-    for col in ("unit", "target", "precision", "size", "convert s", "parity (worst output)"):
+    console = Console()
+    console.print(cell(f"{bundle}: {model['name']} {model['variant']} ({weights} weights)"))
+    table = Table()
+    columns = ["unit", "target", "precision", "size", "convert s", "parity (worst output)"]
+    for col in columns + (["verified"] if verified else []):
         table.add_column(col, justify="right" if col in ("size", "convert s") else "left")
     for art in manifest["artifacts"]:
-        table.add_row(
-            art["unit"],
-            art["target"],
-            art["precision"],
-            f"{art['size_bytes'] / 1e6:.1f} MB",
-            f"{art['conversion_seconds']:.1f}",
-            parity_text(art),
-        )
-    Console().print(table)
+        row = [
+            cell(art["unit"]),
+            cell(art["target"]),
+            cell(art["precision"]),
+            cell(f"{art['size_bytes'] / 1e6:.1f} MB"),
+            cell(f"{art['conversion_seconds']:.1f}"),
+            cell(parity_text(art)),
+        ]
+        table.add_row(*row, *([Text("ok")] if verified else []))
+    console.print(table)
 
 
-def inspect(bundle: Path, as_json: bool) -> None:
+def inspect(bundle: Path, as_json: bool, verify: bool = False) -> None:
+    """Print the bundle's manifest (validated on read); with `verify`, first check every artifact's size and
+    sha256 — the first bad one is the one-line error."""
     from edgevit.bundle import read_manifest
+    from edgevit.manifest import verify_artifact
 
     manifest = read_manifest(bundle)
+    if verify:
+        for i, art in enumerate(manifest["artifacts"]):
+            verify_artifact(bundle, art, i)
     if as_json:
         print(json.dumps(manifest, indent=2))
     else:
-        print_table(manifest, bundle)
+        print_table(manifest, bundle, verify)
