@@ -5,7 +5,8 @@ Each target takes the plan in the form its runtime turns into integer kernels:
   the plan's MatMul/Gemm/Conv only (quantizing every op type destroys ViT accuracy, see STACK.md), with
   uint8 activations (u8s8 is what onnxruntime's x86 kernels want) and int32 biases. The int32 bias is what
   makes onnxruntime fuse a Linear into an int8 `QGemm`: without it, its MatMul+Add fusion turns the QDQ
-  MatMul into a float Gemm before the QDQ fusions run.
+  MatMul into a float Gemm before the QDQ fusions run. Convs are written as `ConvInteger` rescaled to float:
+  onnxruntime runs a QDQ Conv as an integer kernel only when its output is quantized too (see `_conv_integer`).
 - executorch: `quant.pt2e.PlanQuantizer` with the plan's weights and dynamic int8 activations → XNNPACK's
   qd8 GEMMs (all Linear/Conv delegated, float outputs). XNNPACK's static int8 GEMM needs quantized outputs,
   which wreck ViTs (see `quant.pt2e`), and it has no int8 batched matmul, so the plan's activation grids
@@ -317,8 +318,9 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     new_inits: list[Any] = []
-    act_cache: dict[tuple[str, float, int], str] = {}
+    act_cache: dict[tuple[str, float, int], tuple[str, str, str]] = {}  # key → (dequantized, quantized, zero)
     prelude: dict[int, list[Any]] = {}
+    replaced: set[int] = set()  # planned Convs, written as ConvInteger in their prelude
     found: Counter[str] = Counter()
 
     def const(name: str, value: np.ndarray) -> str:
@@ -341,13 +343,22 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
                 zero = const(f"{stem}_zp", np.array(q.zero_point[0] - q.quant_min, np.uint8))
                 added.append(helper.make_node("QuantizeLinear", [node.input[slot], scale, zero], [f"{stem}_q"]))
                 added.append(helper.make_node("DequantizeLinear", [f"{stem}_q", scale, zero], [f"{stem}_dq"]))
-                act_cache[key] = f"{stem}_dq"
-            node.input[slot] = act_cache[key]
+                act_cache[key] = (f"{stem}_dq", f"{stem}_q", zero)
+            node.input[slot] = act_cache[key][0]
         if layer.weight is None:
             continue
         axis = _weight_axis(node, layer.name, inits, module)
         w_scale = np.asarray(layer.weight.scale, np.float32)
         w_int = _quantize_array(numpy_helper.to_array(inits[node.input[1]]), layer.weight, axis)
+        if node.op_type == "Conv":
+            _, x_q, x_zero = act_cache[key]  # a conv's one activation input
+            if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+                raise ConversionError(f"onnx: the bias of {layer.name!r} is computed in the graph, not stored")
+            bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+            scale = np.float64(layer.inputs[0].scale[0]) * w_scale.astype(np.float64)
+            added.extend(_conv_integer(node, x_q, x_zero, w_int, scale, bias, const))
+            replaced.add(index)
+            continue
         stem = f"{node.name}_w"
         w_args = [
             const(f"{stem}_q", w_int),
@@ -375,7 +386,10 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
             f"onnx: plan layer {missing[0]!r} has no MatMul/Gemm/Conv in the exported graph (an op the exporter "
             "fused or renamed); quantize it for another target"
         )
-    nodes = [n for i, node in enumerate(graph.node) for n in (*prelude.get(i, []), node)]
+    nodes = [n for i, node in enumerate(graph.node) for n in (*prelude.get(i, []), *([] if i in replaced else [node]))]
+    # An activation read only by ConvIntegers needs no DequantizeLinear.
+    read = {name for node in nodes for name in node.input}
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
@@ -384,6 +398,40 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return sum(found.values())
+
+
+def _conv_integer(
+    node: Any, x_q: str, x_zero: str, w_int: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, const: Any
+) -> list[Any]:
+    """A planned Conv as ConvInteger (uint8 input x int8 weight → int32) times its per-channel scale, plus its bias.
+
+    onnxruntime fuses a QDQ Conv into an integer kernel (QLinearConv) only when its output is quantized too, and
+    the plan has no grid for a conv's output: left as QDQ, the conv ran in float on dequantized weights (measured
+    on EfficientTAM: 15 of 16 planned convs). ConvInteger takes one weight zero point, 0 for the plan's symmetric
+    weights, so per-channel scales are applied after the integer accumulation.
+    """
+    from onnx import TensorProto, helper
+
+    stem = node.name
+    shape = (1, -1) + (1,) * (w_int.ndim - 2)
+    acc, as_float = f"{stem}_int32", f"{stem}_int32_float"
+    nodes = [
+        helper.make_node(
+            "ConvInteger",
+            [x_q, const(f"{stem}_w_q", w_int), x_zero, const(f"{stem}_w_zp", np.array(0, np.int8))],
+            [acc],
+            name=f"{stem}_integer",
+        ),
+        helper.make_node("Cast", [acc], [as_float], to=TensorProto.FLOAT),
+    ]
+    nodes[0].attribute.extend(node.attribute)  # pads, strides, dilations, group, kernel_shape
+    scaled = node.output[0] if bias is None else f"{stem}_scaled"
+    rescale = const(f"{stem}_rescale", np.asarray(scale, np.float32).reshape(shape))
+    nodes.append(helper.make_node("Mul", [as_float, rescale], [scaled]))
+    if bias is not None:
+        b = const(f"{stem}_bias", np.asarray(bias, np.float32).reshape(shape))
+        nodes.append(helper.make_node("Add", [scaled, b], [node.output[0]]))
+    return nodes
 
 
 def _weight_axis(node: Any, layer: str, inits: dict[str, Any], module: nn.Module) -> int:
