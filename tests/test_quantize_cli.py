@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from converters import ConversionError
 from edgevit.bundle import read_manifest
 from edgevit.commands.quantize import quantize
-from edgevit.errors import EdgevitError
-from quant.errors import QuantError
 from quant.plan import QuantPlan
 
 TINY = ["depth=2", "img_size=64", "num_classes=10"]  # ViT-Ti/16 blocks at 64 px: 4x4 patches, 1.03 M weights
@@ -60,7 +57,14 @@ def test_ptq_int8_bundle_for_every_target(tmp_path, capsys) -> None:
             assert quant["parity_vs_fp32"]["logits"]["sqnr_db"] > 20.0
     info = manifest["quant"]
     assert (info["method"], info["bits"], info["skipped_targets"]) == ("ptq", "8", {})
-    assert info["calibration"] == {"source": "builtin", "images": 17, "held_out_for_parity": 4}
+    assert info["calibration"] == {
+        "source": "builtin",
+        "images": 17,
+        "held_out_for_parity": 4,
+        "used": 21,
+        "skipped": 0,
+        "skipped_examples": [],
+    }
     plan = QuantPlan.from_json((out / info["units"]["model"]["plan"]).read_text())
     assert info["units"]["model"]["summary"] == plan.summary() and plan.summary()["weight_bits"] == {"8": 10}
     assert "lowering model → onnx" in err
@@ -94,30 +98,45 @@ def _folder(tmp_path: Path, good: int, broken: int) -> str:
     return str(folder)
 
 
+RANDOM_NOTE = "note: no --checkpoint: these weights are RANDOM (files are valid, outputs meaningless)"
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "error", "message"),
+    ("flags", "message", "after_model"),
     [
-        ({"bits": "4", "target": "onnx"}, EdgevitError, "cannot hold 4-bit weights: onnx holds 8-bit weights"),
-        ({"bits": "6", "target": "tflite"}, EdgevitError, "coreml holds 4/6/8-bit weights and 8-bit activations"),
-        ({"bits": "mixed"}, EdgevitError, "--bits mixed needs --budget-mb"),
-        ({"bits": "mixed", "budget": 1.0, "target": "tflite"}, EdgevitError, "more than one weight width"),
-        ({"bits": "mixed", "budget": 0.01, "target": "coreml"}, QuantError, "weight budget 0.01 MB cannot be met"),
-        ({"bits": "8", "budget": 0.5}, QuantError, "the W8 plan holds 1.03 MB of quantized weights, over the 0.5"),
-        ({"method": "gptq"}, EdgevitError, "unknown method 'gptq'; valid: ptq, qhyvit, mptq"),
-        ({"calib": "nowhere/"}, EdgevitError, "calibration source 'nowhere/' does not exist"),
-        ({"calib": "EMPTY"}, EdgevitError, "gave 0 image(s); calibration needs at least 10"),
-        ({"calib": "FEW"}, EdgevitError, "gave 3 image(s) (1 unreadable, e.g. broken0.png); calibration needs"),
-        ({"overrides": ["depth=2", "width=3"]}, EdgevitError, "vit has no config field(s) ['width']"),
-        ({"overrides": ["depth"]}, EdgevitError, "--set 'depth' is not KEY=VALUE"),
+        (["--bits", "4", "--target", "onnx"], "cannot hold 4-bit weights: onnx holds 8-bit weights", False),
+        (["--bits", "6", "--target", "tflite"], "coreml holds 4/6/8-bit weights and 8-bit activations", False),
+        (["--bits", "mixed"], "--bits mixed needs --budget-mb", False),
+        (["--bits", "mixed", "--budget-mb", "1", "--target", "tflite"], "more than one weight width", False),
+        (["--bits", "mixed", "--budget-mb", "0.01", "--target", "coreml"], "weight budget 0.01 MB cannot be met", True),
+        (["--budget-mb", "0.5"], "the W8 plan holds 1.03 MB of quantized weights, over the 0.5", True),
+        (["--method", "gptq"], "unknown method 'gptq'; valid: ptq, qhyvit, mptq", False),
+        (["--calib", "nowhere/"], "calibration source 'nowhere/' does not exist", True),
+        (["--calib", "EMPTY"], "gave 0 image(s); calibration needs at least 10", True),
+        (["--calib", "FEW"], "gave 3 image(s) (1 unreadable, e.g. broken0.png); calibration needs", True),
+        (["--set", "width=3"], "vit has no config field(s) ['width']", False),
+        (["--set", "depth"], "--set 'depth' is not KEY=VALUE", False),
     ],
 )
-def test_bad_requests_fail_in_one_line_and_write_nothing(tmp_path, capsys, kwargs, error, message) -> None:
-    if kwargs.get("calib") == "EMPTY":
-        kwargs["calib"] = _folder(tmp_path, 0, 0)
-    elif kwargs.get("calib") == "FEW":
-        kwargs["calib"] = _folder(tmp_path, 3, 1)
-    with pytest.raises(error) as info:
-        run(tmp_path, capsys, **kwargs)
-    assert message in str(info.value) and "\n" not in str(info.value)
-    assert not (tmp_path / "bundle").exists()
-    assert not isinstance(info.value, ConversionError)
+def test_bad_requests_fail_in_one_line_and_write_nothing(
+    monkeypatch, tmp_path, capsys, flags, message, after_model
+) -> None:
+    """Through the command line: exit 2 and the whole stderr is the error line (after the random-weights note
+    when the model was built first), no traceback, and no bundle or temporary folder left."""
+    from edgevit.cli import main
+
+    if "EMPTY" in flags or "FEW" in flags:
+        folder = _folder(tmp_path, 0, 0) if "EMPTY" in flags else _folder(tmp_path, 3, 1)
+        flags = [folder if f in ("EMPTY", "FEW") else f for f in flags]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    model = ["--model", "vit", "--variant", "ti16_224", *(a for o in TINY for a in ("--set", o))]
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps the note at the terminal width (80 when captured)
+    monkeypatch.setattr("sys.argv", ["edgevit", "quantize", *model, *flags, "--out", str(tmp_path / "bundle")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert exit_info.value.code == 2 and err.endswith("\n"), err
+    assert lines == [*([RANDOM_NOTE] if after_model else []), lines[-1]] and lines[-1].startswith("error: "), err
+    assert message in lines[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no bundle, no temporary sibling
