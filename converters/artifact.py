@@ -11,7 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,14 @@ class OutputParity:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sqnr_db": _json_float(self.sqnr_db), "max_abs_diff": _json_float(self.max_abs_diff)}
+
+
+class TargetResult(TypedDict):
+    """What a target's lowering reports about the file it wrote, read back from that file."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    facts: dict[str, Any]
 
 
 @dataclass

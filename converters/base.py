@@ -1,15 +1,13 @@
 """The one entry point for lowering a deploy unit: `convert(unit, target, precision, out_dir) -> Artifact`.
 
-Each target is a module exposing `SUFFIX`, `PRECISIONS` (the first is the default), `BACKENDS` (the
-distributions whose versions the artifact records), `FALLBACK` (the target to suggest when this one cannot
-lower an op), `convert(unit, precision, path) -> TargetResult` and, where a runtime exists on this machine,
-`load_runner(path, num_threads) -> Runner`. Target modules are imported only when asked for, so
-`import converters` costs no backend import.
+What a target is called, writes and needs comes from `converters.targets.registry`; its code lives in its
+package under `converters/targets/` and is imported only when asked for, so `import converters` costs no
+backend import. `stage_artifact` (write under a hidden name, check, rename) is shared by the fp and the
+quantized lowering (`converters.quantized`).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import time
@@ -17,47 +15,21 @@ import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
-from typing import Any, TypedDict
+from typing import Any
 
-from converters.artifact import Artifact, OutputParity, TensorSpec, size_and_sha256
+from converters.artifact import Artifact, OutputParity, TargetResult, size_and_sha256
+from converters.errors import ConversionError, RuntimeUnavailableError
+from converters.parity import MIN_SQNR_DB, check_parity
+from converters.runtime import load_runner
+from converters.targets.registry import TargetInfo, target_info
 from converters.unit import DeployUnit
 
-TARGETS: dict[str, str] = {
-    "onnx": "converters.onnx_target",
-    "executorch": "converters.executorch_target",
-    "tflite": "converters.tflite_target",
-    "coreml": "converters.coreml_target",
-}
-
-
-class ConversionError(Exception):
-    """A conversion, validation or parity failure, with a one-line message fit for a CLI."""
-
-
-class TargetResult(TypedDict):
-    """What a target module's `convert` reports about the file it wrote."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    facts: dict[str, Any]
-
-
-def target_module(target: str) -> ModuleType:
-    """The module implementing `target`; raises ConversionError listing the valid targets."""
-    if target not in TARGETS:
-        raise ConversionError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    return importlib.import_module(TARGETS[target])
-
-
-def precisions(target: str) -> tuple[str, ...]:
-    """Precisions `target` supports here, default first."""
-    return tuple(target_module(target).PRECISIONS)
+__all__ = ["ConversionError", "check_unit", "convert", "lowering_error", "stage_artifact"]
 
 
 def artifact_path(unit: DeployUnit, target: str, precision: str, out_dir: Path) -> Path:
     """Where `convert` puts the artifact: one file (or package) per unit, target and precision."""
-    return Path(out_dir) / f"{unit.name}.{precision}{target_module(target).SUFFIX}"
+    return Path(out_dir) / f"{unit.name}.{precision}{target_info(target).suffix}"
 
 
 def convert(
@@ -77,25 +49,22 @@ def convert(
     `parity_inputs` (tensors in the unit's input order) or the unit's example inputs; the SQNR floor is
     `min_sqnr_db` or the precision's default from `converters.parity.MIN_SQNR_DB`.
     """
-    from converters import parity  # parity imports this module, so not at the top
-
-    module = target_module(target)
-    precision = precision or module.PRECISIONS[0]
-    if precision not in module.PRECISIONS:
-        raise ConversionError(
-            f"target {target!r} does not support precision {precision!r}; valid: {', '.join(module.PRECISIONS)}"
-        )
-    _check_unit(unit)
-    floor = parity.MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db
+    info = target_info(target)
+    precision = precision or info.default_precision
+    if precision not in info.precisions:
+        valid = ", ".join(info.precisions)
+        raise ConversionError(f"target {target!r} does not support precision {precision!r}; valid: {valid}")
+    check_unit(unit)
+    floor = MIN_SQNR_DB[precision] if min_sqnr_db is None else min_sqnr_db
 
     return stage_artifact(
         unit,
         target,
         precision,
         out_dir,
-        lower=lambda tmp: _run_target(module, unit, target, precision, tmp),
-        check=lambda tmp, result: _parity(module, unit, target, tmp, parity_inputs, floor),
-        backends=module.BACKENDS,
+        lower=lambda tmp: _run_target(info, unit, precision, tmp),
+        check=lambda tmp, result: _parity(unit, target, tmp, parity_inputs, floor),
+        backends=info.backends,
         floor=floor,
     )
 
@@ -117,14 +86,13 @@ def stage_artifact(
     no half-written package) behind and never clobbers a previous good artifact. `lower(tmp)` writes the
     file; `check(tmp, result)` returns the parity figures or a note saying why none could be taken.
     """
-    module = target_module(target)
     out_dir = Path(out_dir)
     final = artifact_path(unit, target, precision, out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConversionError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from exc
-    tmp = out_dir / f".{unit.name}.{precision}.tmp-{uuid.uuid4().hex[:8]}{module.SUFFIX}"
+    tmp = out_dir / f".{unit.name}.{precision}.tmp-{uuid.uuid4().hex[:8]}{target_info(target).suffix}"
 
     try:
         start = time.perf_counter()
@@ -168,7 +136,7 @@ def lowering_error(exc: BaseException, unit: DeployUnit, target: str) -> Convers
     while chain[-1].__cause__ is not None and len(chain) < 20:
         chain.append(chain[-1].__cause__)
     op = _op_named_in("\n".join(_ANSI.sub("", str(e)) for e in chain))
-    fallback = target_module(target).FALLBACK
+    fallback = target_info(target).fallback
     root = next((e for e in reversed(chain) if str(e).strip()), exc)
     first = _first_line(_ANSI.sub("", str(root))) or type(root).__name__
     if op:
@@ -204,8 +172,11 @@ def _first_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _check_unit(unit: DeployUnit) -> None:
-    # A unit in training mode would convert dropout/batch-norm updates and make eager parity meaningless.
+def check_unit(unit: DeployUnit) -> None:
+    """Refuse a unit no target can lower faithfully, before anything is written.
+
+    A unit in training mode would convert dropout/batch-norm updates and make eager parity meaningless.
+    """
     if unit.module.training:
         raise ConversionError(f"unit {unit.name!r} is in training mode; call .eval() on its module first")
     names = (*unit.input_names, *unit.output_names)
@@ -213,15 +184,15 @@ def _check_unit(unit: DeployUnit) -> None:
         raise ConversionError(f"unit {unit.name!r}: input/output names must be unique and non-empty: {names}")
 
 
-def _run_target(module: ModuleType, unit: DeployUnit, target: str, precision: str, tmp: Path) -> TargetResult:
+def _run_target(info: TargetInfo, unit: DeployUnit, precision: str, tmp: Path) -> TargetResult:
     try:
-        return module.convert(unit, precision, tmp)
+        return info.part("lower").convert(unit, precision, tmp)
     except ConversionError:
         raise
     except OSError as exc:
-        raise ConversionError(f"{target}: cannot write {tmp}: {exc.strerror or exc}") from exc
+        raise ConversionError(f"{info.name}: cannot write {tmp}: {exc.strerror or exc}") from exc
     except Exception as exc:
-        raise lowering_error(exc, unit, target) from exc
+        raise lowering_error(exc, unit, info.name) from exc
 
 
 def _check_names(unit: DeployUnit, target: str, result: TargetResult) -> None:
@@ -236,26 +207,15 @@ def _check_names(unit: DeployUnit, target: str, result: TargetResult) -> None:
 
 
 def _parity(
-    module: ModuleType,
-    unit: DeployUnit,
-    target: str,
-    path: Path,
-    inputs: tuple[Any, ...] | None,
-    floor: float,
+    unit: DeployUnit, target: str, path: Path, inputs: tuple[Any, ...] | None, floor: float
 ) -> tuple[dict | None, str | None]:
-    from converters.parity import check_parity
-    from converters.runtime import RuntimeUnavailableError
-
-    if not hasattr(module, "load_runner"):
-        return None, f"no {target} runtime in this environment"
     try:
-        runner = module.load_runner(path)
+        runner = load_runner(target, path)
     except RuntimeUnavailableError as exc:
         return None, str(exc)
     except Exception as exc:
-        raise ConversionError(
-            f"{target} artifact of unit {unit.name!r} does not load: {_first_line(str(exc))}"
-        ) from exc
+        reason = _first_line(str(exc))
+        raise ConversionError(f"{target} artifact of unit {unit.name!r} does not load: {reason}") from exc
     return check_parity(unit, runner, inputs, min_sqnr_db=floor), None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from converters.artifact import OutputParity
-from converters.base import ConversionError
+from converters.errors import ConversionError
 from converters.runtime import Runner
 from converters.unit import DeployUnit
 

@@ -49,10 +49,12 @@ from benchmarks.suites import quant_peers as peers
 from benchmarks.suites.quant_report import goals, tables
 from benchmarks.suites.quant_subjects import ENCODER_NAME, STUDENT_NAMES, Subject, bridges_of, loader
 from benchmarks.timing import interleaved, set_threads
+from converters.targets.registry import TARGET_INFO
 
 SECTIONS = ("uniform", "mixed", "deploy")
 PEERS = ("ort", "xnnpack", "aeq")
-TARGETS = ("onnx", "tflite", "executorch")
+# Deploy times every artifact, so it takes the targets whose runtime exists here (the registry says which).
+TARGETS = tuple(name for name, info in TARGET_INFO.items() if info.runs_here())
 DEFAULT_MODELS = ("dinov2_s_focus", "efficientnet_lite0", *STUDENT_NAMES, ENCODER_NAME)
 EXAMPLE = (
     "OMP_WAIT_POLICY=PASSIVE python -m benchmarks.suites.quant --models dinov2_s_focus,efficientnet_lite0,"

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from converters import Artifact, DeployUnit, convert
-from converters.coreml_target import feature_specs, gemm_weights, load_program, mil_op_summary, pymil_ops
+from converters.targets.coreml.lower import feature_specs, mil_op_summary
+from converters.targets.coreml.program import gemm_weights, load_program, pymil_ops
 
 from .checks import assert_artifact
 

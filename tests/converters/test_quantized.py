@@ -123,15 +123,15 @@ def test_coreml_holds_int8_activations_and_int8_int4_weights(unit, model, plan, 
 
 
 def test_coreml_weights_are_checked_against_the_plan(unit, model, plan, tmp_path) -> None:
-    from converters.coreml_target import load_program
-    from converters.quantized import _coreml_layers
+    from converters.targets.coreml.program import load_program
+    from converters.targets.coreml.quantized import plan_layers
 
     art = convert_quantized(unit, "coreml", plan, tmp_path)
     program = load_program(art.path)
-    assert set(_coreml_layers(program, plan, model)) == {n for n, lq in plan.layers.items() if lq.weight is not None}
+    assert set(plan_layers(program, plan, model)) == {n for n, lq in plan.layers.items() if lq.weight is not None}
     other = make_tiny_vit(seed=1)  # the same architecture with other weights: its integers are not in the program
     with pytest.raises(ConversionError, match=r"integers of plan layer 'patch_embed' are not in the ML program"):
-        _coreml_layers(program, plan, other)
+        plan_layers(program, plan, other)
 
 
 class Wide(nn.Module):

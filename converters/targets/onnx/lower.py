@@ -9,14 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from converters.base import ConversionError, TargetResult
-from converters.runtime import OnnxRuntimeRunner
+from converters.artifact import TargetResult
+from converters.errors import ConversionError
+from converters.targets.onnx.runner import OnnxRuntimeRunner
 from converters.unit import DeployUnit
-
-SUFFIX = ".onnx"
-PRECISIONS = ("fp32",)
-BACKENDS = ("onnx", "onnxruntime", "onnxscript")
-FALLBACK = "executorch"
 
 # Protobuf cannot serialise a message over 2 GiB; above it ONNX needs a side file for the weights.
 _PROTOBUF_LIMIT = 2**31
@@ -62,8 +58,3 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
             "onnx_node_count": sum(ops.values()),
         },
     )
-
-
-def load_runner(path: Path, num_threads: int | None = None) -> OnnxRuntimeRunner:
-    """onnxruntime session for `path`; see `converters.runtime.OnnxRuntimeRunner`."""
-    return OnnxRuntimeRunner(path, num_threads)

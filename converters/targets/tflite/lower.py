@@ -13,17 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from converters.base import TargetResult
-from converters.runtime import LiteRTRunner
+from converters.artifact import TargetResult
+from converters.targets.tflite.runner import LiteRTRunner
 from converters.unit import DeployUnit
 
-SUFFIX = ".tflite"
-PRECISIONS = ("fp32", "fp16")
-BACKENDS = ("litert-torch", "ai-edge-litert")
-FALLBACK = "executorch"
 
-
-class _Named(nn.Module):
+class NamedIO(nn.Module):
     """Takes inputs by keyword and returns outputs in a dict, which is how litert-torch names a signature's
     tensors (positional arguments would come out as args_0, args_1, ...)."""
 
@@ -48,7 +43,7 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
         from litert_torch.generative.quantize import quant_recipes
 
         quant_config = quant_recipes.full_fp16_recipe()
-    named = _Named(unit.module, unit.input_names, unit.output_names).eval()
+    named = NamedIO(unit.module, unit.input_names, unit.output_names).eval()
     model = litert_torch.convert(
         named,
         sample_kwargs=dict(zip(unit.input_names, unit.example_inputs, strict=True)),
@@ -57,19 +52,9 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
     model.export(str(path))
 
     runner = LiteRTRunner(path, num_threads=1)
-    ops = Counter(_op_names(runner))
+    ops = Counter(op["op_name"] for op in runner.op_details())
     return TargetResult(
         inputs=runner.inputs,
         outputs=runner.outputs,
         facts={"tflite_ops": dict(ops.most_common()), "tflite_op_count": sum(ops.values())},
     )
-
-
-def _op_names(runner: LiteRTRunner) -> list[str]:
-    # The interpreter's op listing reflects the flatbuffer's operators before delegation.
-    return [op["op_name"] for op in runner._interp._get_ops_details()]
-
-
-def load_runner(path: Path, num_threads: int | None = None) -> LiteRTRunner:
-    """LiteRT interpreter for `path`; see `converters.runtime.LiteRTRunner`."""
-    return LiteRTRunner(path, num_threads)

@@ -1,0 +1,1 @@
+"""ExecuTorch: `lower` (XNNPACK-delegated .pte), `quantized` (PT2E, qd8 GEMMs), `runner`, `facts` (delegate graphs)."""

@@ -1,0 +1,59 @@
+"""onnxruntime on the CPU provider, the runner of .onnx artifacts (parity here, timing in the benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.artifact import TensorSpec
+from converters.runtime import available_cores, prepare_inputs
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+class OnnxRuntimeRunner:
+    """onnxruntime on the CPU provider with every graph optimisation enabled and a stated thread count."""
+
+    target = "onnx"
+
+    def __init__(self, path: Path, num_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.num_threads = num_threads or available_cores()
+        options.intra_op_num_threads = self.num_threads
+        # One graph per unit runs sequentially; inter-op threads would only contend for the same cores.
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = tuple(_ort_spec(a) for a in self.session.get_inputs())
+        self.outputs = tuple(_ort_spec(a) for a in self.session.get_outputs())
+        self._input_names = [s.name for s in self.inputs]
+        self._output_names = [s.name for s in self.outputs]
+
+    def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        feed = dict(zip(self._input_names, prepare_inputs(inputs, self.inputs), strict=True))
+        return tuple(self.session.run(self._output_names, feed))
+
+
+def _ort_spec(arg: Any) -> TensorSpec:
+    # A symbolic dimension (a string) is recorded as -1; units have static shapes, foreign files may not.
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))
+
+
+def load_runner(path: Path, num_threads: int | None = None) -> OnnxRuntimeRunner:
+    """onnxruntime session for `path`."""
+    return OnnxRuntimeRunner(path, num_threads)
