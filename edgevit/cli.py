@@ -202,14 +202,14 @@ def main() -> None:
     User errors exit 2, a usage error (unknown command or option, missing or ill-typed value) exits 2 with the
     closest valid spelling where there is one, Ctrl-C exits 130; a claim on `--out` left by a failed run is dropped.
     """
-    from edgevit.io import release_claims
-
     try:
         code = _run(sys.argv[1:] or ["--help"])
     except KeyboardInterrupt:  # outside the command (e.g. while importing), where typer cannot see it
         code = _fail("interrupted (Ctrl-C)", 130)
     finally:
-        release_claims()
+        output = sys.modules.get("converters.bundle.output")  # only a command that writes imports it (and torch)
+        if output is not None:
+            output.release_claims()
     sys.exit(code)
 
 
@@ -233,9 +233,10 @@ def _run(args: list[str]) -> int:
         return _fail(_usage_message(exc, args), getattr(exc, "exit_code", 2))
     except Exception as exc:
         from converters.base import ConversionError  # the leaves' user errors (they cannot import edgevit)
+        from converters.bundle import BundleError
         from quant.errors import QuantError
 
-        if isinstance(exc, ConversionError | QuantError):
+        if isinstance(exc, ConversionError | QuantError | BundleError):
             return _fail(str(exc), 2)
         raise
     if code == 130:  # typer turns a KeyboardInterrupt inside the command into exit code 130

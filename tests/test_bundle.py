@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from converters import ConversionError, resolve_targets
 from converters.artifact import size_and_sha256
-from edgevit.bundle import read_manifest, resolve_targets, write_bundle
+from converters.bundle import BundleError, Manifest, read_manifest, schema, verify_artifact
+from edgevit.bundle import write_bundle
 from edgevit.data.video import read_frames, sample_video
-from edgevit.errors import EdgevitError
-from edgevit.manifest import schema, verify_artifact
 from edgevit.models import create
-from edgevit.models.efficienttam.tracker import Prompt
-from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
+from edgevit.video.assemble import bundle_tracker, eager_tracker, mask_iou
+from edgevit.video.tracker import Prompt
 from quant.metrics import sqnr
 
 
@@ -31,6 +31,7 @@ def test_manifest_describes_every_artifact(tiny_vit, tmp_path):
     out = tmp_path / "bundle"
     manifest = write_bundle(tiny_vit, ("onnx", "coreml"), None, out)
     assert read_manifest(out) == json.loads(json.dumps(manifest))
+    assert Manifest.from_dict(manifest).to_dict() == manifest  # the dataclasses hold every key, losslessly
     jsonschema.validate(json.loads((out / "manifest.json").read_text()), schema())  # what apps check
     assert manifest["schema_version"] == 1 and manifest["weights"]["source"] == "random"
     assert manifest["model"]["input_size"] == [64, 64] and manifest["model"]["mean"] == [0.485, 0.456, 0.406]
@@ -53,48 +54,48 @@ def test_manifest_describes_every_artifact(tiny_vit, tmp_path):
 def test_existing_bundle_needs_force(tiny_vit, tmp_path):
     out = tmp_path / "bundle"
     write_bundle(tiny_vit, ("onnx",), None, out)
-    with pytest.raises(EdgevitError, match="already exists; pass --force"):
+    with pytest.raises(BundleError, match="already exists; pass --force"):
         write_bundle(tiny_vit, ("onnx",), None, out)
     write_bundle(tiny_vit, ("onnx",), None, out, force=True)
 
 
 def test_failure_midway_leaves_nothing(tiny_vit, tmp_path, monkeypatch):
-    import converters.base
+    import converters
 
-    real = converters.base.convert
+    real = converters.convert
     calls = []
 
     def flaky(unit, target, precision, out_dir):
         calls.append(target)
         if target == "tflite":
-            raise converters.base.ConversionError("tflite cannot lower op 'x' in unit 'model'; try --target onnx")
+            raise converters.ConversionError("tflite cannot lower op 'x' in unit 'model'; try --target onnx")
         return real(unit, target, precision, out_dir)
 
-    monkeypatch.setattr(converters.base, "convert", flaky)
-    with pytest.raises(converters.base.ConversionError):
+    monkeypatch.setattr(converters, "convert", flaky)
+    with pytest.raises(converters.ConversionError):
         write_bundle(tiny_vit, ("onnx", "tflite"), None, tmp_path / "bundle")
     assert calls == ["onnx", "tflite"]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_targets_and_manifests(tmp_path):
-    with pytest.raises(EdgevitError, match="valid targets: onnx, executorch, tflite, coreml, all"):
+    with pytest.raises(ConversionError, match="valid targets: onnx, executorch, tflite, coreml, all"):
         resolve_targets("tensorrt")
     assert resolve_targets("all") == ("onnx", "executorch", "tflite", "coreml")
     assert resolve_targets("tflite, onnx") == ("onnx", "tflite")
-    with pytest.raises(EdgevitError, match="unknown target 'tensorrt'"):
+    with pytest.raises(ConversionError, match="unknown target 'tensorrt'"):
         resolve_targets("onnx,tensorrt")
-    with pytest.raises(EdgevitError, match="not a bundle"):
+    with pytest.raises(BundleError, match="not a bundle"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
-    with pytest.raises(EdgevitError, match="not valid JSON"):
+    with pytest.raises(BundleError, match="not valid JSON"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text('[{"schema": "edgevit.bundle"}]')
-    with pytest.raises(EdgevitError, match=r"manifest.json: \(top level\): expected a JSON object, found an array"):
+    with pytest.raises(BundleError, match=r"manifest.json: \(top level\): expected a JSON object, found an array"):
         read_manifest(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["vit_ti16_224", "matvit_ti16_224", "hybrid_efficientformer_l1", "dinov2_s_focus"])
+@pytest.mark.parametrize("name", ["vit_ti16_224", "matvit_ti16_224", "efficientformer_l1", "dinov2_s_focus"])
 def test_every_family_converts_to_onnx(name, tmp_path):
     from edgevit.models import model_names
 

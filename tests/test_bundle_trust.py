@@ -15,10 +15,9 @@ import jsonschema
 import pytest
 import torch
 
-from edgevit.bundle import read_manifest, write_bundle, write_manifest
+from converters.bundle import BundleError, Manifest, read_manifest, schema, write_manifest
+from edgevit.bundle import write_bundle
 from edgevit.cli import main
-from edgevit.errors import EdgevitError
-from edgevit.manifest import schema
 from edgevit.models import create
 
 
@@ -200,8 +199,21 @@ def test_track_refuses_a_bundle_of_another_model(vit_bundle, tmp_path, monkeypat
     assert snapshot(vit_bundle.parent) == before and list(tmp_path.iterdir()) == []
 
 
+def test_track_asks_to_reconvert_a_bundle_without_a_declared_loop(etam_bundle, tmp_path, monkeypatch, capfd):
+    """EfficientTAM bundles written before the spec declared `model.loop` are refused with the fix, not called
+    a model that does not track video."""
+    old = tmp_path / "old"
+    shutil.copytree(etam_bundle, old, symlinks=True)
+    edit(lambda m: m["model"].__delitem__("loop"))(old)
+    before = snapshot(tmp_path)
+    code, out, err = run(monkeypatch, capfd, *COMMANDS["track"](old, tmp_path / "masks"))
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert "does not say whether its model tracks video" in err and "convert it again" in err
+    assert snapshot(tmp_path) == before
+
+
 def test_valid_bundle_passes_verify(etam_bundle, monkeypatch, capfd):
-    from edgevit.manifest import _digest
+    from converters.bundle.reader import _digest
 
     monkeypatch.setenv("COLUMNS", "200")
     code, out, err = run(monkeypatch, capfd, "inspect", str(etam_bundle), "--verify")
@@ -232,7 +244,7 @@ def test_manifest_text_prints_literally(vit_bundle, tmp_path, monkeypatch, capfd
 
 def test_unchecked_artifacts_warn_when_run(etam_bundle, tmp_path, capfd):
     """Artifacts with no parity figures (Core ML off macOS) are named in one warning line when they run."""
-    from edgevit.tracking import bundle_tracker
+    from edgevit.video.assemble import bundle_tracker
 
     bundle = tmp_path / "bundle"
     shutil.copytree(etam_bundle, bundle)
@@ -253,7 +265,7 @@ def test_written_manifests_follow_the_published_schema(etam_bundle, vit_bundle, 
 
     from edgevit.commands.quantize import quantize
 
-    published = json.loads(resources.files("edgevit").joinpath("schemas/bundle.v1.schema.json").read_text())
+    published = json.loads(resources.files("converters.bundle").joinpath("bundle.v1.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(published)
     tiny = ["depth=2", "img_size=64", "num_classes=10"]
     quantize("vit", "ti16_224", None, tiny, "ptq", "8", None, "builtin", "onnx", False, tmp_path / "int8", False, True)
@@ -266,8 +278,8 @@ def test_written_manifests_follow_the_published_schema(etam_bundle, vit_bundle, 
 def test_writer_refuses_an_invalid_manifest(vit_bundle, tmp_path):
     manifest = read_manifest(vit_bundle)
     manifest["artifacts"][0]["target"] = "tensorrt"
-    with pytest.raises(EdgevitError, match=r"manifest.json \(being written\): artifacts\[0\].target: 'tensorrt'"):
-        write_manifest(tmp_path, manifest)
+    with pytest.raises(BundleError, match=r"manifest.json \(being written\): artifacts\[0\].target: 'tensorrt'"):
+        write_manifest(tmp_path, Manifest.from_dict(manifest))
     assert list(tmp_path.iterdir()) == []
     assert schema()["properties"]["schema_version"] == {"const": 1}
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgevit.bundle import read_manifest
+from converters.bundle import MARKER, atomic_dir, read_manifest
 from edgevit.data.video import sample_video
-from edgevit.io import MARKER, atomic_dir
 from edgevit.models import create
 from tests.test_cli import run
 
@@ -127,7 +126,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
     torch.save({"model": {"w": Payload(folder / "PWNED")}}, found["malicious"])
     found["corrupt"].write_bytes(random.Random(0).randbytes(4096))
-    torch.save({"model": create("hybrid_mobilevit_xxs").state_dict()}, found["mismatched"])
+    torch.save({"model": create("mobilevit_xxs").state_dict()}, found["mismatched"])
     tiny = create("vit_ti16_224", depth=1, img_size=32, num_classes=10)
     torch.save({"model": tiny.state_dict()}, found["matching"])
     return found
@@ -149,8 +148,8 @@ def test_bad_checkpoint_is_one_line_and_leaves_nothing(monkeypatch, capsys, tmp_
 def test_second_run_on_the_same_out_is_refused(monkeypatch, capsys, tmp_path):
     bundle = marked_folder(tmp_path / "B")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from edgevit.io import check_out; check_out(sys.argv[1], True); "
-         "print('holding', flush=True); time.sleep(60)", str(bundle)],
+        [sys.executable, "-c", "import sys, time; from converters.bundle import check_out; "
+         "check_out(sys.argv[1], True); print('holding', flush=True); time.sleep(60)", str(bundle)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -204,12 +203,12 @@ def test_real_ctrl_c_during_convert_exits_130_and_leaves_nothing(tmp_path, tmp_p
 
 
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(monkeypatch, capsys, tmp_path, checkpoints):
-    import converters.base
+    import converters
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(converters.base, "convert", interrupted)
+    monkeypatch.setattr(converters, "convert", interrupted)
     out = tmp_path / "B"
     code, stdout, err = run(
         monkeypatch, capsys, "convert", *TINY_VIT, "--checkpoint", str(checkpoints["matching"]), "--out", str(out)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgevit import io
-from edgevit.errors import EdgevitError
-from edgevit.io import MARKER, atomic_dir, atomic_file, check_out
+from converters.bundle import output
+from converters.bundle.errors import BundleError
+from converters.bundle.output import MARKER, atomic_dir, atomic_file, check_out
 
 
 def write_output(out: Path, name: str = "old.txt", force: bool = False) -> None:
@@ -41,7 +41,7 @@ def test_output_is_marked_with_normal_permissions_and_nothing_beside_it(tmp_path
 def test_existing_output_is_replaced_only_with_force(tmp_path):
     out = tmp_path / "out"
     write_output(out)
-    with pytest.raises(EdgevitError, match="already exists; pass --force"):
+    with pytest.raises(BundleError, match="already exists; pass --force"):
         write_output(out, "new.txt")
     assert names(out) == [MARKER, "old.txt"]
     write_output(out, "new.txt", force=True)
@@ -60,7 +60,7 @@ def test_folder_edgevit_did_not_write_is_never_replaced(tmp_path):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "cat.jpg").write_bytes(b"meow")
-    with pytest.raises(EdgevitError, match="edgevit did not write"):
+    with pytest.raises(BundleError, match="edgevit did not write"):
         write_output(out, force=True)
     assert names(out) == ["cat.jpg"] and names(tmp_path) == ["photos"]
 
@@ -68,7 +68,7 @@ def test_folder_edgevit_did_not_write_is_never_replaced(tmp_path):
 def test_file_at_out_is_never_replaced_by_a_folder(tmp_path):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
-    with pytest.raises(EdgevitError, match="is a file"):
+    with pytest.raises(BundleError, match="is a file"):
         write_output(out, force=True)
     assert out.read_text() == "mine" and names(tmp_path) == ["notes.txt"]
 
@@ -95,9 +95,9 @@ def test_protected_folders_are_refused_even_with_force(tmp_path, monkeypatch, wh
     video.write_bytes(b"video")
     out = {"cwd": Path("."), "parent": Path(".."), "home": Path("~").expanduser(), "root": Path("/")}.get(where, videos)
     before = {p: names(p) for p in (tmp_path, work, home, videos)}
-    with pytest.raises(EdgevitError, match=reason):
+    with pytest.raises(BundleError, match=reason):
         check_out(out, True, inputs=[video, None])
-    with pytest.raises(EdgevitError, match=reason):
+    with pytest.raises(BundleError, match=reason):
         with atomic_dir(out, True, inputs=[video]) as tmp:
             (tmp / "x").write_text("x")
     assert {p: names(p) for p in (tmp_path, work, home, videos)} == before
@@ -105,7 +105,7 @@ def test_protected_folders_are_refused_even_with_force(tmp_path, monkeypatch, wh
 
 def test_folder_appearing_during_a_run_is_kept_without_force(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(EdgevitError, match="appeared while this run worked"):
+    with pytest.raises(BundleError, match="appeared while this run worked"):
         with atomic_dir(out) as tmp:
             (tmp / "new.txt").write_text("new")
             out.mkdir()
@@ -123,8 +123,8 @@ def test_failed_rename_in_puts_the_old_output_back(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real_rename(src, dst)
 
-    monkeypatch.setattr(io.os, "rename", rename)
-    with pytest.raises(EdgevitError, match="No space left on device; .* was left as it was"):
+    monkeypatch.setattr(output.os, "rename", rename)
+    with pytest.raises(BundleError, match="No space left on device; .* was left as it was"):
         write_output(out, "new.txt", force=True)
     assert names(out) == [MARKER, "old.txt"] and names(tmp_path) == ["out"]
 
@@ -132,7 +132,7 @@ def test_failed_rename_in_puts_the_old_output_back(tmp_path, monkeypatch):
 HOLD = """
 import os, sys, time
 from pathlib import Path
-from edgevit.io import atomic_dir
+from converters.bundle.output import atomic_dir
 with atomic_dir(Path(sys.argv[1]), force=True) as tmp:
     (tmp / "new.txt").write_text("new")
     print("holding", flush=True)
@@ -153,9 +153,9 @@ def test_second_run_on_the_same_out_is_refused(tmp_path):
     write_output(out)
     writer = start_writer(out, "hold")
     try:
-        with pytest.raises(EdgevitError, match=rf"another edgevit run \(pid {writer.pid} on .*\) is writing"):
+        with pytest.raises(BundleError, match=rf"another edgevit run \(pid {writer.pid} on .*\) is writing"):
             check_out(out, True)
-        with pytest.raises(EdgevitError, match="another edgevit run"):
+        with pytest.raises(BundleError, match="another edgevit run"):
             write_output(out, "mine.txt", force=True)
     finally:
         writer.kill()
@@ -166,7 +166,7 @@ def test_second_run_on_the_same_out_is_refused(tmp_path):
 def test_nested_write_of_the_same_out_is_refused(tmp_path):
     out = tmp_path / "out"
     with atomic_dir(out):
-        with pytest.raises(EdgevitError, match="already being written by this run"):
+        with pytest.raises(BundleError, match="already being written by this run"):
             write_output(out)
     assert names(tmp_path) == ["out"]
 
@@ -178,7 +178,7 @@ def test_stale_temporary_of_a_killed_run_is_swept(tmp_path):
     assert writer.wait() == -signal.SIGKILL
     stale = [p.name for p in tmp_path.iterdir() if p.name != "out"]
     assert sorted(n.split("-")[0] for n in stale) == [".out.lock", ".out.tmp"]
-    with pytest.raises(EdgevitError, match="already exists"):
+    with pytest.raises(BundleError, match="already exists"):
         check_out(out, False)  # the claim alone sweeps
     assert names(tmp_path) == ["out"] and names(out) == [MARKER, "old.txt"]
 
@@ -191,7 +191,7 @@ def test_aside_of_a_replacement_killed_halfway_is_put_back(tmp_path):
     (tmp_path / ".out.tmp-zz99aa00" / MARKER).write_text("{}")
     (tmp_path / ".out.tmp-mine0000").mkdir()  # a user's folder that only looks like one
     (tmp_path / ".out.tmp-mine0000" / "data.txt").write_text("data")
-    with pytest.raises(EdgevitError, match="already exists"):
+    with pytest.raises(BundleError, match="already exists"):
         check_out(out, False)
     assert names(tmp_path) == [".out.tmp-mine0000", "out"] and names(out) == [MARKER, "old.txt"]
 
@@ -200,17 +200,17 @@ def test_atomic_file_replaces_a_file_only_with_force(tmp_path):
     out = tmp_path / "student.pt"
     with atomic_file(out) as tmp:
         tmp.write_text("one")
-    with pytest.raises(EdgevitError, match="already exists"):
+    with pytest.raises(BundleError, match="already exists"):
         with atomic_file(out) as tmp:
             tmp.write_text("two")
     with atomic_file(out, force=True) as tmp:
         tmp.write_text("three")
     assert out.read_text() == "three" and names(tmp_path) == ["student.pt"]
-    with pytest.raises(EdgevitError, match="is a folder"):
+    with pytest.raises(BundleError, match="is a folder"):
         with atomic_file(tmp_path, force=True):
             pass
     other = tmp_path / "other.pt"
-    with pytest.raises(EdgevitError, match="appeared while this run worked"):
+    with pytest.raises(BundleError, match="appeared while this run worked"):
         with atomic_file(other) as tmp:
             tmp.write_text("mine")
             other.write_text("theirs")
@@ -221,5 +221,5 @@ def test_claim_is_released_when_a_run_stops_before_writing(tmp_path):
     out = tmp_path / "out"
     check_out(out, False)
     assert names(tmp_path) == [".out.lock"]
-    io.release_claims()  # what the CLI does after a run failed before writing
+    output.release_claims()  # what the CLI does after a run failed before writing
     assert names(tmp_path) == []

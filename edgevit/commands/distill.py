@@ -27,7 +27,7 @@ def distill(student: str, seed: int, out: Path, force: bool, as_json: bool) -> N
     from rich.console import Console
     from rich.table import Table
 
-    from edgevit.io import atomic_file, check_file_out
+    from converters.bundle import atomic_file, check_file_out
     from edgevit.training.students import cache_path, load_student, quantize_flags, recipe
 
     recipe(student)  # an unknown name fails here, before any slow work

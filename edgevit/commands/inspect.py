@@ -23,7 +23,7 @@ def print_table(manifest: dict[str, Any], bundle: Path, verified: bool = False) 
     from rich.table import Table
     from rich.text import Text
 
-    from edgevit.manifest import safe_text
+    from converters.bundle import safe_text
 
     def cell(value: Any) -> Text:
         return Text(safe_text(str(value), 200))
@@ -52,8 +52,7 @@ def print_table(manifest: dict[str, Any], bundle: Path, verified: bool = False) 
 def inspect(bundle: Path, as_json: bool, verify: bool = False) -> None:
     """Print the bundle's manifest (validated on read); with `verify`, first check every artifact's size and
     sha256 — the first bad one is the one-line error."""
-    from edgevit.bundle import read_manifest
-    from edgevit.manifest import verify_artifact
+    from converters.bundle import read_manifest, verify_artifact
 
     manifest = read_manifest(bundle)
     if verify:

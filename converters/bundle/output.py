@@ -1,4 +1,4 @@
-"""Writing results so that a run never destroys what it should not.
+"""Writing outputs so that a run never destroys what it should not: bundles, mask folders, checkpoint files.
 
 An output is built in a hidden temporary sibling (`.NAME.tmp-XXXXXXXX`) and renamed into place only when
 complete. Only a folder edgevit wrote (it holds the `.edgevit-output` marker, or a bundle manifest) is ever
@@ -19,6 +19,7 @@ import atexit
 import datetime as dt
 import errno
 import fcntl
+import importlib.metadata
 import json
 import os
 import re
@@ -33,11 +34,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgevit import __version__
-from edgevit.errors import EdgevitError
+from converters.bundle.errors import BundleError
+from converters.bundle.manifest import MANIFEST, SCHEMA
 
 MARKER = ".edgevit-output"  # written into every output folder: what may be replaced with --force
-BUNDLE_SCHEMA = "edgevit.bundle"  # bundles written before the marker existed carry this manifest
 
 PathLike = str | os.PathLike[str]
 
@@ -79,7 +79,7 @@ def atomic_dir(out: PathLike, force: bool = False, inputs: Iterable[PathLike | N
             yield tmp
             _commit_dir(tmp, given, claim, force)
         except OSError as exc:
-            raise EdgevitError(f"writing {given} failed: {exc.strerror or exc}; {given} was left as it was") from None
+            raise BundleError(f"writing {given} failed: {exc.strerror or exc}; {given} was left as it was") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # already renamed into place after a success
     finally:
@@ -104,7 +104,7 @@ def atomic_file(out: PathLike, force: bool = False) -> Iterator[Path]:
         yield tmp
         _commit_file(tmp, given, claim.out, force)
     except OSError as exc:
-        raise EdgevitError(f"writing {given} failed: {exc.strerror or exc}; {given} was left as it was") from None
+        raise BundleError(f"writing {given} failed: {exc.strerror or exc}; {given} was left as it was") from None
     finally:
         tmp.unlink(missing_ok=True)
         _release(claim)
@@ -124,10 +124,10 @@ def is_edgevit_output(folder: Path) -> bool:
     if (folder / MARKER).is_file():
         return True
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("schema") == BUNDLE_SCHEMA
+    return isinstance(manifest, dict) and manifest.get("schema") == SCHEMA
 
 
 @contextmanager
@@ -136,7 +136,7 @@ def _as_user_error(given: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise EdgevitError(f"cannot use --out {given}: {exc.strerror or exc}; choose another --out") from None
+        raise BundleError(f"cannot use --out {given}: {exc.strerror or exc}; choose another --out") from None
 
 
 def _existing(inputs: Iterable[PathLike | None]) -> list[Path]:
@@ -177,13 +177,13 @@ def _refusal(given: Path, out: Path, inputs: Iterable[Path]) -> str | None:
 
 def _claim_dir(given: Path, force: bool, inputs: list[Path], create_parent: bool) -> _Claim:
     if given.is_symlink():
-        raise EdgevitError(f"--out {given} is a symbolic link; pass the folder it points to, or another --out")
+        raise BundleError(f"--out {given} is a symbolic link; pass the folder it points to, or another --out")
     out = given.resolve()
     held = _claims.get(out)
     inputs = list(dict.fromkeys([*(held.inputs if held else []), *inputs]))
     why = _refusal(given, out, inputs)  # before the lock: nothing is created beside a folder that is refused
     if why:
-        raise EdgevitError(why)
+        raise BundleError(why)
     claim, new = _claim(out, given, create_parent)
     claim.inputs = inputs
     try:
@@ -201,26 +201,26 @@ def _check_existing_dir(given: Path, out: Path, force: bool) -> None:
     if not os.path.lexists(out):
         return
     if not out.is_dir():
-        raise EdgevitError(f"--out {given} is a file and the output is a folder; choose another --out")
+        raise BundleError(f"--out {given} is a file and the output is a folder; choose another --out")
     if any(out.iterdir()) and not is_edgevit_output(out):
-        raise EdgevitError(
+        raise BundleError(
             f"refusing --out {given}: it is a folder edgevit did not write (no {MARKER} marker or bundle manifest); "
             "choose a new folder for the output"
         )
     if not force:
-        raise EdgevitError(f"{given} already exists; pass --force to replace it or choose another --out")
+        raise BundleError(f"{given} already exists; pass --force to replace it or choose another --out")
 
 
 def _claim_file(given: Path, force: bool, create_parent: bool) -> _Claim:
     out = given.resolve()
     if out.is_dir():
-        raise EdgevitError(f"--out {given} is a folder; the output is one file (e.g. --out {out.name or 'out'}.pt)")
+        raise BundleError(f"--out {given} is a folder; the output is one file (e.g. --out {out.name or 'out'}.pt)")
     claim, new = _claim(out, given, create_parent)
     try:
         if new:
             _sweep(out, folders=False)
         if os.path.lexists(out) and not force:
-            raise EdgevitError(f"{given} already exists; pass --force to replace it or choose another --out")
+            raise BundleError(f"{given} already exists; pass --force to replace it or choose another --out")
     except BaseException:
         if new:
             _release(claim)
@@ -233,7 +233,7 @@ def _claim(out: Path, given: Path, create_parent: bool) -> tuple[_Claim, bool]:
     folder existed holds no lock: nothing can be there yet; the writer locks once it has created the parent)."""
     claim = _claims.get(out)
     if claim is not None and claim.writing:
-        raise EdgevitError(f"{given} is already being written by this run; choose another --out")
+        raise BundleError(f"{given} is already being written by this run; choose another --out")
     if claim is not None and (claim.fd >= 0 or not create_parent):
         return claim, False
     if not out.parent.is_dir():
@@ -243,7 +243,7 @@ def _claim(out: Path, given: Path, create_parent: bool) -> tuple[_Claim, bool]:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise EdgevitError(f"cannot create {out.parent}: {exc.strerror}; choose a writable --out") from None
+            raise BundleError(f"cannot create {out.parent}: {exc.strerror}; choose a writable --out") from None
     claim = _claims[out] = _lock(out, given)
     return claim, True
 
@@ -255,14 +255,14 @@ def _lock(out: Path, given: Path) -> _Claim:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise EdgevitError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
+            raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip()
             os.close(fd)
             who = f" ({holder})" if holder else ""
-            raise EdgevitError(
+            raise BundleError(
                 f"another edgevit run{who} is writing {given}; wait for it to finish or choose another --out"
             ) from None
         try:
@@ -305,6 +305,14 @@ def _sweep(out: Path, folders: bool) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _version() -> str:
+    """The installed edgevit distribution (this package ships in it), read without importing `edgevit`."""
+    try:
+        return importlib.metadata.version("edgevit")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -315,11 +323,11 @@ def _make_tmp_dir(out: Path) -> Path:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise EdgevitError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
+        raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
     marker = {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "edgevit": __version__,
+        "edgevit": _version(),
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
@@ -328,12 +336,12 @@ def _make_tmp_dir(out: Path) -> Path:
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise EdgevitError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
+        raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
     return tmp
 
 
-def _appeared(given: Path) -> EdgevitError:
-    return EdgevitError(
+def _appeared(given: Path) -> BundleError:
+    return BundleError(
         f"{given} appeared while this run worked and was left as it is; this run's output was discarded "
         "(pass --force to replace it)"
     )
@@ -354,7 +362,7 @@ def _commit_dir(tmp: Path, given: Path, claim: _Claim, force: bool) -> None:
         raise _appeared(given)
     why = _refusal(given, out, claim.inputs)
     if why:
-        raise EdgevitError(why)
+        raise BundleError(why)
     _check_existing_dir(given, out, force)
     aside = out.parent / f".{out.name}.old-{_token()}"
     os.rename(out, aside)

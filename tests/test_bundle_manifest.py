@@ -1,0 +1,146 @@
+"""The manifest dataclasses and the published JSON Schema say the same thing, and the one writer writes what the
+reader accepts: strict JSON (non-finite floats as strings), validated, renamed into place whole or not at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from converters.artifact import Artifact, OutputParity, TensorSpec, size_and_sha256
+from converters.bundle import (
+    MARKER,
+    ArtifactEntry,
+    BundleError,
+    Header,
+    Machine,
+    Manifest,
+    ModelInfo,
+    QuantSection,
+    QuantUnit,
+    UnitInfo,
+    Weights,
+    read_manifest,
+    schema,
+    verify_artifact,
+    write_bundle,
+    write_manifest,
+)
+
+# Each closed object of the schema (JSON pointer) and the dataclass that holds it.
+CLOSED = {
+    "": Manifest,
+    "/$defs/model": ModelInfo,
+    "/properties/weights": Weights,
+    "/properties/machine": Machine,
+    "/$defs/unit": UnitInfo,
+    "/$defs/tensor": TensorSpec,
+    "/$defs/artifact": ArtifactEntry,
+    "/$defs/parity/additionalProperties": OutputParity,
+    "/$defs/quant": QuantSection,
+    "/$defs/quant/properties/units/additionalProperties": QuantUnit,
+}
+# Properties a manifest may lack: the quant section (float bundles) and the model's loop (older bundles).
+OPTIONAL = {"": {"quant"}, "/$defs/model": {"loop"}}
+# Closed in the schema but open per model in the dataclasses (ModelInfo.config is a dict).
+MODEL_SPECIFIC = {"/$defs/efficienttam_config"}
+
+
+def closed_objects(node: object, pointer: str = "") -> set[str]:
+    found = set()
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            found.add(pointer)
+        for key, value in node.items():
+            found |= closed_objects(value, f"{pointer}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found |= closed_objects(value, f"{pointer}/{i}")
+    return found
+
+
+@pytest.mark.parametrize("pointer", sorted(CLOSED))
+def test_every_field_is_a_schema_property_and_every_required_property_a_field(pointer):
+    node = schema()
+    for part in filter(None, pointer.split("/")):
+        node = node[part]
+    names = {f.name for f in dataclasses.fields(CLOSED[pointer])}
+    assert names == set(node["properties"]), CLOSED[pointer].__name__
+    assert set(node.get("required", ())) <= names
+    optional = names - set(node.get("required", ()))
+    assert optional == OPTIONAL.get(pointer, set())
+
+
+def test_every_closed_schema_object_has_a_dataclass():
+    assert closed_objects(schema()) == set(CLOSED) | MODEL_SPECIFIC
+
+
+def tiny_header() -> Header:
+    image = TensorSpec("image", (1, 3, 8, 8), "float32")
+    model = ModelInfo("vit", "tiny", (8, 8), "classification", (0.5,) * 3, (0.25,) * 3, "NCHW, RGB", None)
+    unit = UnitInfo("model", (image,), ("logits",), ("image",), {"image": "RGB in [0, 1]"})
+    return Header(model, Weights("random", None), (unit,))
+
+
+def tiny_artifact(folder: Path, seconds: float = 0.5) -> Artifact:
+    """A file as a converter leaves it in `folder/onnx/`, described as `converters.convert` describes one."""
+    path = folder / "onnx" / "model.fp32.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"onnx bytes")
+    size, sha256 = size_and_sha256(path)
+    image, logits = TensorSpec("image", (1, 3, 8, 8), "float32"), TensorSpec("logits", (1, 10), "float32")
+    parity = {"logits": OutputParity(math.inf, 0.0)}  # bit-equal: the SQNR is infinite
+    return Artifact("onnx", "model", path, "fp32", (image,), (logits,), size, sha256, {"onnx": "1"}, seconds, parity)
+
+
+QUANT = QuantSection(
+    method="ptq",
+    bits="8",
+    budget_mb=None,
+    calibration={"source": "builtin", "images": 4},
+    skipped_targets={"coreml": "holds 4/8-bit weights"},
+    units={"model": QuantUnit("quant/model.plan.json", {"layers": 2}, {"worst_sqnr_db": math.nan})},
+)
+
+
+def test_one_writer_writes_a_quantized_bundle_the_reader_and_the_published_schema_accept(tmp_path):
+    out = tmp_path / "bundle"
+    files = {"quant/model.plan.json": '{"layers": {}}\n'}
+    manifest = write_bundle(out, tiny_header(), lambda folder: [tiny_artifact(folder)], quant=QUANT, files=files)
+    assert read_manifest(out) == manifest
+    published = json.loads(resources.files("converters.bundle").joinpath("bundle.v1.schema.json").read_text())
+    jsonschema.validate(json.loads((out / "manifest.json").read_text()), published)
+    (art,) = manifest["artifacts"]
+    assert art["path"] == "onnx/model.fp32.onnx" and art["parity"]["logits"]["sqnr_db"] == "inf"
+    assert manifest["quant"]["units"]["model"]["metadata"] == {"worst_sqnr_db": "nan"}  # strict JSON
+    assert list(manifest)[-2:] == ["quant", "artifacts"]
+    assert verify_artifact(out, art) == out / "onnx" / "model.fp32.onnx"
+    assert Manifest.from_dict(manifest).to_dict() == manifest
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "manifest.json", "onnx", "quant"]
+
+
+def test_a_float_bundle_has_no_quant_section(tmp_path):
+    manifest = write_bundle(tmp_path / "b", tiny_header(), lambda folder: [tiny_artifact(folder)])
+    assert "quant" not in manifest and Manifest.from_dict(manifest).quant is None
+
+
+def test_nan_outside_an_open_section_is_refused_and_nothing_is_written(tmp_path):
+    entry = ArtifactEntry.from_artifact(tiny_artifact(tmp_path, seconds=math.nan), tmp_path)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_manifest(tmp_path, Manifest.new(tiny_header(), [entry]))
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_a_failing_lower_leaves_nothing(tmp_path):
+    def lower(folder: Path):
+        yield tiny_artifact(folder)
+        raise BundleError("the second target failed")
+
+    with pytest.raises(BundleError, match="second target failed"):
+        write_bundle(tmp_path / "b", tiny_header(), lower, quant=QUANT, files={"quant/model.plan.json": "{}\n"})
+    assert list(tmp_path.iterdir()) == []
