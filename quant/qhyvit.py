@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -52,6 +52,29 @@ class BridgeLike(Protocol):
     def path(self) -> nn.Module: ...
 
 
+@runtime_checkable
+class HasBridgeBlocks(Protocol):
+    """A model that names its conv→attention hand-overs (edgevit's `mobilevit` and `efficientformer` do).
+
+    The hook Q-HyViT needs from a model, owned here so a model declares it by shape and the caller asks with
+    `isinstance(model, HasBridgeBlocks)`; a model without it is quantized with no joint bridges.
+    """
+
+    def bridge_blocks(self) -> Sequence[BridgeLike]: ...
+
+
+@runtime_checkable
+class HasBlocksInOrder(Protocol):
+    """A model that lists its reconstruction blocks, by qualified name, in forward order."""
+
+    def blocks_in_order(self) -> Sequence[tuple[str, nn.Module]]: ...
+
+
+def bridges_of(model: nn.Module) -> Sequence[BridgeLike]:
+    """The model's bridge blocks where it declares them (`HasBridgeBlocks`), else none."""
+    return model.bridge_blocks() if isinstance(model, HasBridgeBlocks) else ()
+
+
 def bridge_module_names(model: nn.Module, bridge: BridgeLike) -> tuple[str, ...]:
     """Qualified names in `model` of the modules `bridge.path` chains (it holds the model's own modules)."""
     names = {id(m): n for n, m in model.named_modules()}
@@ -70,9 +93,8 @@ def bridge_module_names(model: nn.Module, bridge: BridgeLike) -> tuple[str, ...]
 
 
 def default_blocks(model: nn.Module) -> list[str]:
-    """The model's own block list where it declares one (`blocks_in_order()`, as edgevit's hybrids do)."""
-    blocks_in_order = getattr(model, "blocks_in_order", None)
-    return [name for name, _ in blocks_in_order()] if callable(blocks_in_order) else []
+    """The model's own block list where it declares one (`HasBlocksInOrder`, as edgevit's hybrids do)."""
+    return [name for name, _ in model.blocks_in_order()] if isinstance(model, HasBlocksInOrder) else []
 
 
 def build_units(
@@ -138,7 +160,7 @@ def qhyvit_quantize(
 
     The fake-quant model is a BN-folded copy (the input is untouched); `strip_fake_quant` on it gives the
     float model with reconstructed, on-grid weights, which is what a converter lowers with the plan.
-    `bridge_blocks` are the model's conv→attention hand-overs (`model.bridge_blocks()` on edgevit's hybrids);
+    `bridge_blocks` are the model's conv→attention hand-overs (`bridges_of(model)`: its `HasBridgeBlocks` hook);
     `blocks` the reconstruction blocks (default: the model's `blocks_in_order()`, else layer-wise); `iters`
     are reconstruction iterations per block, so a joint bridge gets the sum of its blocks' (they override
     `recon.iters`).

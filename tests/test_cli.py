@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from converters.bundle import MARKER
 from edgevit.cli import main
-from edgevit.io import MARKER
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -29,6 +29,9 @@ def test_models_json_lists_every_family(monkeypatch, capsys):
     assert round(rows["efficienttam_s"]["parameters"] / 1e6, 2) == 34.06  # STACK.md: whole EfficientTAM-S
     assert rows["efficienttam_ti_512"]["input_size"] == [512, 512]
     assert rows["vit_s16_224"]["parameters"] == 22_050_664
+    # timm's names, each under its own family (not `mobilevit_mobilevit_xxs`)
+    assert (rows["mobilevit_xxs"]["model"], rows["mobilevit_xxs"]["variant"]) == ("mobilevit", "mobilevit_xxs")
+    assert rows["efficientformer_l1"]["model"] == "efficientformer"
 
 
 @pytest.mark.parametrize("command", [[], ["models"], ["track"], ["convert"], ["inspect"], ["quantize"], ["distill"]])
@@ -120,7 +123,7 @@ def test_track_writes_masks_and_overlay(monkeypatch, capsys, tmp_path):
 def test_convert_then_inspect(monkeypatch, capsys, tmp_path):
     out_dir = tmp_path / "bundle"
     code, _, err = run(
-        monkeypatch, capsys, "convert", "--model", "hybrid_mobilevit_xxs", "--target", "onnx", "--out", str(out_dir)
+        monkeypatch, capsys, "convert", "--model", "mobilevit_xxs", "--target", "onnx", "--out", str(out_dir)
     )
     assert code == 0, err
     assert "RANDOM" in err
@@ -130,5 +133,6 @@ def test_convert_then_inspect(monkeypatch, capsys, tmp_path):
     manifest = json.loads(out)
     (art,) = manifest["artifacts"]
     assert art["target"] == "onnx" and art["unit"] == "model" and float(art["parity"]["logits"]["sqnr_db"]) > 60
+    assert (manifest["model"]["name"], manifest["model"]["loop"]) == ("mobilevit", "single")
     code, out, _ = run(monkeypatch, capsys, "inspect", str(out_dir))
-    assert code == 0 and "hybrid" in out and "onnx" in out
+    assert code == 0 and "mobilevit" in out and "onnx" in out

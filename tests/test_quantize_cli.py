@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.bundle import read_manifest
+from converters.bundle import read_manifest
 from edgevit.commands.quantize import quantize
 from quant.plan import QuantPlan
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.bundle import read_manifest
+from converters.bundle import read_manifest
 from edgevit.cli import main
 from edgevit.commands.quantize import check_request, quantize_model
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
-from edgevit.models.efficienttam.calibration import record_unit_inputs
-from edgevit.models.efficienttam.tracker import UNIT_NAMES, Prompt
-from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
+from edgevit.video.assemble import bundle_tracker, eager_tracker, mask_iou
+from edgevit.video.calibration import record_unit_inputs
+from edgevit.video.tracker import UNIT_NAMES, Prompt
 from quant.metrics import sqnr
 from quant.plan import QuantPlan
 from tests.converters.int8_kernels import ORT_INT8_OPS, litert_gemms, onnxruntime_kernels, xnnpack_gemms
@@ -88,7 +88,7 @@ def test_every_unit_runs_its_planned_layers_as_int8_kernels(tracking_model, int8
             assert kernels["DequantizeLinear"] == 0
         elif target == "executorch":
             # XNNPACK's dynamically quantized conv declines convs with one input channel per group (documented
-            # in converters.quantized._gemm_plan): those stay float, every other planned layer is a qd8 GEMM.
+            # in converters.quant_lowering.gemm_plan): those stay float, every other planned layer is a qd8 GEMM.
             module = modules[name]
             one_channel = sum(
                 lq.kind == "conv2d" and module.get_submodule(n).in_channels // module.get_submodule(n).groups == 1

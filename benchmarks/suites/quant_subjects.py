@@ -249,6 +249,7 @@ def loader(name: str, frames: int, limits: tuple[int, int], student_cache: Path 
 
 def bridges_of(subject: Subject) -> list[Any] | None:
     """The conv→attention bridge blocks of a hybrid model (None for models that have none)."""
-    find = getattr(subject.model, "bridge_blocks", None)
-    found = find() if callable(find) else []
-    return found or None
+    from quant.qhyvit import HasBridgeBlocks
+
+    found = subject.model.bridge_blocks() if isinstance(subject.model, HasBridgeBlocks) else []
+    return list(found) or None

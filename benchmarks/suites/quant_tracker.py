@@ -84,8 +84,8 @@ def run_model(name: str, args: argparse.Namespace, work: Path, console: Console)
     from edgevit.bundle import write_bundle
     from edgevit.commands.quantize import check_request, quantize_model
     from edgevit.models import create
-    from edgevit.models.efficienttam.calibration import centre_click
-    from edgevit.tracking import bundle_tracker, eager_tracker, mask_iou
+    from edgevit.video.assemble import bundle_tracker, eager_tracker, mask_iou
+    from edgevit.video.calibration import centre_click
     from quant.metrics import sqnr
 
     torch.manual_seed(0)

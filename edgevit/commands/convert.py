@@ -50,11 +50,11 @@ def convert(
     from rich.console import Console
     from rich.progress import Progress
 
-    from converters.base import ConversionError
-    from edgevit.bundle import resolve_targets, weights_origin, write_bundle
+    from converters import ConversionError, resolve_targets
+    from converters.bundle import check_out
+    from edgevit.bundle import weights_origin, write_bundle
     from edgevit.commands.inspect import print_table
     from edgevit.commands.quantize import parse_overrides, quantize
-    from edgevit.io import check_out
     from edgevit.models import create
     from edgevit.quiet import backend_output_to_log
 

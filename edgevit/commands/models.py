@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgevit.models import families
+from edgevit.models.registry import full_name
 from edgevit.models.spec import count_parameters
 
 
@@ -29,7 +30,7 @@ def rows() -> list[dict]:
                 {
                     "model": fam.name,
                     "variant": variant,
-                    "name": f"{fam.name}_{variant}",
+                    "name": full_name(fam, variant),
                     "default": variant == fam.default_variant,
                     "input_size": list(model.spec.input_size),
                     "parameters": count_parameters(model),

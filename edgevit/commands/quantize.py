@@ -65,8 +65,8 @@ def check_request(
     method: str, bits: str, budget_mb: float | None, calib: str, target: str, recon_iters: int = QHYVIT_ITERS
 ) -> QuantRequest:
     """Reject impossible combinations up front, naming which target holds which bits."""
+    from converters import resolve_targets
     from converters.quantized import WEIGHT_BITS, held_bits
-    from edgevit.bundle import resolve_targets
 
     if method not in METHODS:
         raise EdgevitError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -149,10 +149,9 @@ def _qhyvit_unit(
     import dataclasses
 
     from quant.fake_quant import strip_fake_quant
-    from quant.qhyvit import qhyvit_quantize
+    from quant.qhyvit import bridges_of, qhyvit_quantize
 
-    bridge_blocks = getattr(unit.module, "bridge_blocks", None)
-    bridges = bridge_blocks() if callable(bridge_blocks) else ()
+    bridges = bridges_of(unit.module)
     fake_quant, plan = qhyvit_quantize(unit.module, calib, bridges, int(request.bits), 8, iters=request.recon_iters)
     _check_budget(plan, request)
     plan.metadata.update({"bits": request.bits})
@@ -197,7 +196,7 @@ def quantize_model(
     on_artifact: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate, plan and lower every unit of `model`; write the bundle to `out` and return its manifest."""
-    from edgevit.quant_bundle import QuantizedUnit, write_quant_bundle
+    from edgevit.bundle import QuantizedUnit, write_quant_bundle
     from edgevit.unit_data import unit_batches
 
     # Each unit is planned on a BN-folded copy (and smoothed there for mptq): the caller's model stays as it is.
@@ -234,9 +233,9 @@ def quantize(
 ) -> None:
     from rich.console import Console
 
+    from converters.bundle import check_out
     from edgevit.bundle import weights_origin
     from edgevit.commands.inspect import print_table
-    from edgevit.io import check_out
     from edgevit.models import create
 
     console = Console(stderr=True)

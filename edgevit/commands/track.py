@@ -16,7 +16,7 @@ from edgevit.errors import EdgevitError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from edgevit.models.efficienttam.tracker import Prompt, Tracker
+    from edgevit.video.tracker import Prompt, Tracker
 
 
 def parse_xy(text: str, what: str, n: int = 2) -> tuple[float, ...]:
@@ -65,10 +65,10 @@ def track(
 ) -> None:
     from rich.console import Console
 
+    from converters.bundle import atomic_dir, check_out
     from edgevit.data.video import video_info
-    from edgevit.io import atomic_dir, check_out
-    from edgevit.models.efficienttam.tracker import Prompt
-    from edgevit.tracking import make_tracker
+    from edgevit.video.assemble import make_tracker
+    from edgevit.video.tracker import Prompt
 
     console = Console(stderr=True)
     if max_frames is not None and max_frames < 1:

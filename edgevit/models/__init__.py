@@ -2,10 +2,11 @@
 
 from edgevit.models import (  # noqa: F401  (each module registers its family)
     dinov2_focus,
+    efficientformer,
     efficientnet_lite,
     efficienttam,
-    hybrid,
     matvit,
+    mobilevit,
     vit,
 )
 from edgevit.models.registry import create, families, model_names, resolve

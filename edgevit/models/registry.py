@@ -40,12 +40,18 @@ def families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
 
+def full_name(family: Family, variant: str) -> str:
+    """The one name of a family's variant: `family_variant`, or the variant alone when it starts with the
+    family's name (`mobilevit_xxs`, `efficientformer_l1`: timm's names, not `mobilevit_mobilevit_xxs`)."""
+    return variant if variant.startswith(family.name) else f"{family.name}_{variant}"
+
+
 def model_names() -> list[str]:
-    """Every accepted name: each family, and each `family_variant`."""
+    """Every accepted name: each family, and each of its variants' full names."""
     names = []
     for fam in _FAMILIES.values():
         names.append(fam.name)
-        names.extend(f"{fam.name}_{v}" for v in fam.variants)
+        names.extend(full_name(fam, v) for v in fam.variants)
     return names
 
 
@@ -53,6 +59,11 @@ def resolve(name: str, variant: str | None = None) -> tuple[Family, str]:
     """Split a user's model name into (family, variant), with an error that lists what exists."""
     fam = _FAMILIES.get(name)
     if fam is None:
+        for candidate in _FAMILIES.values():
+            if name in candidate.variants and full_name(candidate, name) == name:
+                if variant is not None and variant != name:
+                    raise EdgevitError(f"model {name!r} already names variant {name!r}; drop --variant")
+                return candidate, name
         for candidate in sorted(_FAMILIES.values(), key=lambda f: -len(f.name)):
             prefix = candidate.name + "_"
             if name.startswith(prefix) and name[len(prefix) :] in candidate.variants:

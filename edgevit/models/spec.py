@@ -1,9 +1,9 @@
-"""What an app must know about a model without importing it: size, preprocessing, task."""
+"""What an app must know about a model without importing it: size, preprocessing, task, how it is driven."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -12,6 +12,10 @@ from converters.unit import DeployUnit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Loop = Literal["single", "video"]
+"""How a model's deploy units are driven: "single", one call per image; "video", by the video loop
+(`edgevit.video`), which carries memory between frames and chooses among the units' outputs."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     layout: str = "NCHW, RGB, float32 in [0,1] before normalisation"
+    loop: Loop = "single"  # declared by the family, so nothing guesses "is this a video model" from a name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -81,7 +81,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "hybrid_distilled": Recipe(
-        family="hybrid",
+        family="mobilevit",
         variant="mobilevit_xxs",
         overrides=(("img_size", 128), ("num_classes", 1000)),
         train=TrainConfig(epochs=2, batch_size=64, lr=2e-3, temperature=2.0),
@@ -97,7 +97,7 @@ RECIPES: dict[str, Recipe] = {
         pool=PoolConfig(),
     ),
     "hybrid_digits": Recipe(
-        family="hybrid",
+        family="mobilevit",
         variant="mobilevit_xxs",
         overrides=(("img_size", 32), ("patch_size", 1), ("num_classes", 10)),
         train=TrainConfig(epochs=4, batch_size=64, lr=2e-3),

@@ -16,7 +16,7 @@ from edgevit.data import video as video_module
 from edgevit.data.video import open_writer, read_frames, video_info
 from edgevit.errors import EdgevitError
 from edgevit.models import create
-from edgevit.models.efficienttam.tracker import Tracker
+from edgevit.video.tracker import Tracker
 from tests.test_cli import run
 
 SIZE = (64, 48)  # width, height
@@ -153,8 +153,8 @@ def test_track_with_a_writer_that_does_not_open_is_an_error(tmp_path, tiny_bundl
     from rich.console import Console
 
     from edgevit.commands.track import _track_into
-    from edgevit.models.efficienttam.tracker import Prompt
-    from edgevit.tracking import bundle_tracker
+    from edgevit.video.assemble import bundle_tracker
+    from edgevit.video.tracker import Prompt
 
     tracker, _ = bundle_tracker(tiny_bundle, "onnx")
     video = _mjpg_avi(tmp_path / "clip.avi", 2)

@@ -1,4 +1,5 @@
-"""The `hybrid` family: timm's parameter counts, the BN/LN/GN mix, bridge blocks, static-shape export."""
+"""The conv + attention hybrids (`mobilevit`, `efficientformer`): timm's parameter counts, the BN/LN/GN mix,
+bridge blocks, static-shape export."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import torch
 from torch import nn
 
 from edgevit.errors import EdgevitError
-from edgevit.models import hybrid
+from edgevit.models import efficientformer, mobilevit
 from edgevit.models.registry import create
 from edgevit.models.spec import EdgeModel, count_parameters
+from quant.qhyvit import HasBlocksInOrder, HasBridgeBlocks, bridges_of
 
 # timm's published counts in millions (its results tables / model cards, 2 decimals). timm's EfficientFormer
 # carries a distillation head that ours folds into the class head at load time, so it is added back here.
@@ -25,9 +27,9 @@ TIMM_PARAMS_M = {
 }
 # Small, fast builds of each architecture (64 px keeps every patch unfold exact).
 SMALL = {
-    "hybrid_mobilevit_xxs": dict(img_size=64, mv2_blocks=(1, 1), transformer_depths=(1, 1, 1)),
-    "hybrid_mobilevitv2_050": dict(img_size=64, mv2_blocks=(1, 1), transformer_depths=(1, 1, 1)),
-    "hybrid_efficientformer_l1": dict(img_size=64, depths=(1, 1, 1, 2)),
+    "mobilevit_xxs": dict(img_size=64, mv2_blocks=(1, 1), transformer_depths=(1, 1, 1)),
+    "mobilevitv2_050": dict(img_size=64, mv2_blocks=(1, 1), transformer_depths=(1, 1, 1)),
+    "efficientformer_l1": dict(img_size=64, depths=(1, 1, 1, 2)),
 }
 
 
@@ -43,8 +45,10 @@ def _norm_kinds(module: nn.Module) -> set[type[nn.Module]]:
 @pytest.mark.parametrize("variant", sorted(TIMM_PARAMS_M))
 def test_variant_parameter_counts_match_timm(variant: str) -> None:
     with torch.device("meta"):
-        model = create(f"hybrid_{variant}")
+        model = create(variant)
     assert isinstance(model, EdgeModel) and model.spec.variant == variant
+    family = "efficientformer" if variant.startswith("efficientformer") else "mobilevit"
+    assert model.spec.name == family and model.spec.loop == "single"
     count = count_parameters(model)
     if variant.startswith("efficientformer"):
         count += model.cfg.widths[-1] * 1000 + 1000  # timm's head_dist
@@ -53,9 +57,9 @@ def test_variant_parameter_counts_match_timm(variant: str) -> None:
 
 def test_forward_shapes_and_the_mix_of_norms() -> None:
     x = _image(batch=2)
-    v1 = create("hybrid_mobilevit_xxs", **SMALL["hybrid_mobilevit_xxs"])
-    v2 = create("hybrid_mobilevitv2_050", **SMALL["hybrid_mobilevitv2_050"])
-    ef = create("hybrid_efficientformer_l1", **SMALL["hybrid_efficientformer_l1"])
+    v1 = create("mobilevit_xxs", **SMALL["mobilevit_xxs"])
+    v2 = create("mobilevitv2_050", **SMALL["mobilevitv2_050"])
+    ef = create("efficientformer_l1", **SMALL["efficientformer_l1"])
     with torch.no_grad():
         assert v1.forward_features(x).shape == (2, 320, 2, 2)
         assert v2.forward_features(x).shape == (2, 256, 2, 2)
@@ -66,7 +70,7 @@ def test_forward_shapes_and_the_mix_of_norms() -> None:
     assert _norm_kinds(v2) == {nn.BatchNorm2d, nn.GroupNorm}
     assert _norm_kinds(ef) == {nn.BatchNorm2d, nn.LayerNorm}
     assert v1.spec.mean == (0.0, 0.0, 0.0) and ef.spec.mean == (0.485, 0.456, 0.406)
-    features = create("hybrid_mobilevit_xxs", num_classes=0, **SMALL["hybrid_mobilevit_xxs"])
+    features = create("mobilevit_xxs", num_classes=0, **SMALL["mobilevit_xxs"])
     assert features.spec.task == "features"
     with torch.no_grad():
         assert features(x).shape == (2, 320)
@@ -87,17 +91,17 @@ def test_deploy_unit_exports_and_equals_eager(name: str) -> None:
 
 def test_bridge_block_names() -> None:
     with torch.device("meta"):
-        mobilevit = create("hybrid_mobilevit_xxs")
-        efficientformer = create("hybrid_efficientformer_l1")
-    assert [(b.conv_name, b.attn_name) for b in mobilevit.bridge_blocks()] == [
+        mvit = create("mobilevit_xxs")
+        eformer = create("efficientformer_l1")
+    assert [(b.conv_name, b.attn_name) for b in mvit.bridge_blocks()] == [
         ("stages.2.0", "stages.2.1"),
         ("stages.3.0", "stages.3.1"),
         ("stages.4.0", "stages.4.1"),
     ]
     # L1's last stage: three Meta4D blocks, Flat, one Meta3D block.
-    (bridge,) = efficientformer.bridge_blocks()
+    (bridge,) = eformer.bridge_blocks()
     assert (bridge.conv_name, bridge.attn_name) == ("stages.3.blocks.2", "stages.3.blocks.4")
-    assert isinstance(bridge.path[1], hybrid.Flat)
+    assert isinstance(bridge.path[1], efficientformer.Flat)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -126,7 +130,7 @@ def test_bridge_path_reproduces_the_model_between_conv_input_and_attention_outpu
 def test_mobilevit_unfold_fold_equal_timm_reshapes() -> None:
     """The permute-based unfold/fold put the same values in the same places as timm's reshape sequence."""
     torch.manual_seed(0)
-    block = hybrid.MobileViTBlock(chs=8, dim=16, depth=1, num_heads=4, patch_size=2).eval()
+    block = mobilevit.MobileViTBlock(chs=8, dim=16, depth=1, num_heads=4, patch_size=2).eval()
     x = torch.randn(2, 8, 8, 6)
     with torch.no_grad():
         y = block.conv_1x1(block.conv_kxk(x))
@@ -143,7 +147,7 @@ def test_mobilevit_unfold_fold_equal_timm_reshapes() -> None:
 
 def test_efficientformer_attention_equals_biased_softmax_attention() -> None:
     torch.manual_seed(0)
-    attn = hybrid.EfficientFormerAttention(dim=64, key_dim=8, num_heads=2, attn_ratio=4, resolution=3)
+    attn = efficientformer.EfficientFormerAttention(dim=64, key_dim=8, num_heads=2, attn_ratio=4, resolution=3)
     nn.init.normal_(attn.attention_biases)
     x = torch.randn(2, 9, 64)
     with torch.no_grad():
@@ -156,14 +160,14 @@ def test_efficientformer_attention_equals_biased_softmax_attention() -> None:
 
 
 def test_timm_distillation_head_is_folded_into_the_class_head(tmp_path) -> None:
-    small = dict(SMALL["hybrid_efficientformer_l1"], num_classes=10)
-    trained = create("hybrid_efficientformer_l1", **small)
+    small = dict(SMALL["efficientformer_l1"], num_classes=10)
+    trained = create("efficientformer_l1", **small)
     sd = dict(trained.state_dict())
     sd["head_dist.weight"] = torch.randn(10, 448)
     sd["head_dist.bias"] = torch.randn(10)
     path = tmp_path / "efficientformer.pt"
     torch.save(sd, path)
-    model = create("hybrid_efficientformer_l1", checkpoint=path, **small)
+    model = create("efficientformer_l1", checkpoint=path, **small)
     x = _image()
     with torch.no_grad():
         pooled = trained.forward_features(x).mean(dim=1)
@@ -172,15 +176,31 @@ def test_timm_distillation_head_is_folded_into_the_class_head(tmp_path) -> None:
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_bridge_hooks_are_the_protocols_qhyvit_owns() -> None:
+    """Q-HyViT finds bridges and blocks through its Protocols; a plain ViT declares neither."""
+    with torch.device("meta"):
+        hybrids = [create("mobilevit_xxs"), create("mobilevitv2_050"), create("efficientformer_l1")]
+        vit = create("vit_ti16_224")
+    for model in hybrids:
+        assert isinstance(model, HasBridgeBlocks) and isinstance(model, HasBlocksInOrder)
+        assert [b.attn_name for b in bridges_of(model)] == [b.attn_name for b in model.bridge_blocks()]
+    assert not isinstance(vit, HasBridgeBlocks) and bridges_of(vit) == ()
+
+
 def test_unknown_variant_and_bad_configs_are_user_errors() -> None:
     with pytest.raises(EdgevitError) as err:
-        create("hybrid", variant="mobilevit_xxxl")
-    assert all(v in str(err.value) for v in hybrid.VARIANTS)
+        create("mobilevit", variant="mobilevit_xxxl")
+    assert all(v in str(err.value) for v in mobilevit.VARIANTS)
+    with pytest.raises(EdgevitError) as err:
+        create("efficientformer", variant="l7")
+    assert all(v in str(err.value) for v in efficientformer.VARIANTS)
+    with pytest.raises(EdgevitError, match="unknown model 'hybrid'"):
+        create("hybrid")  # the two families no longer share a name
     with pytest.raises(EdgevitError, match="multiple of 64"):
-        create("hybrid_mobilevit_xxs", img_size=224)
+        create("mobilevit_xxs", img_size=224)
     with pytest.raises(EdgevitError, match="num_vit"):
-        create("hybrid_efficientformer_l1", num_vit=0)
+        create("efficientformer_l1", num_vit=0)
     with pytest.raises(EdgevitError, match="multiple of 32"):
-        create("hybrid_efficientformer_l1", img_size=200)
+        create("efficientformer_l1", img_size=200)
     with pytest.raises(EdgevitError, match="num_heads"):
-        create("hybrid_mobilevit_xxs", num_heads=3)
+        create("mobilevit_xxs", num_heads=3)

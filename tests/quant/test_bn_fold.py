@@ -31,7 +31,7 @@ def test_folded_hybrid_equals_original_in_eval_mode() -> None:
 def test_conv_with_bias_folds_too() -> None:
     # EfficientFormer's conv MLP and downsamples have biased convs before their BatchNorm.
     model = create(
-        "hybrid_efficientformer_l1",
+        "efficientformer_l1",
         num_classes=10,
         img_size=64,
         widths=(8, 16, 24, 32),

@@ -114,7 +114,7 @@ def test_other_hybrids_run_end_to_end(data) -> None:
     assert any("transformer.0.attn.qkv_proj" in n for n in plan.layers)
     # EfficientFormer: the bridge path runs through the parameter-free Flat reshape.
     ef = create(
-        "hybrid_efficientformer_l1",
+        "efficientformer_l1",
         num_classes=10,
         img_size=64,
         widths=(8, 16, 24, 32),

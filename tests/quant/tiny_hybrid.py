@@ -1,4 +1,4 @@
-"""A tiny MobileViT (the `hybrid` family at 64 px) with the activation ranges trained hybrids have.
+"""A tiny MobileViT (the `mobilevit` family at 64 px) with the activation ranges trained hybrids have.
 
 Random init gives BatchNorm identity statistics, so every map is centred and tame; trained hybrids are
 not. BN gains of 0.5-2 with a few channels 2× larger, biases that shift some channels 3 off zero, running
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from edgevit.models import create
-from edgevit.models.hybrid import InvertedResidual
+from edgevit.models.hybrid_layers import InvertedResidual
 
 IMAGE = 64
 TINY = dict(
@@ -32,7 +32,7 @@ TINY = dict(
 @torch.no_grad()
 def make_tiny_hybrid(seed: int = 0, version: int = 1) -> nn.Module:
     torch.manual_seed(seed)
-    model = create("hybrid_mobilevit_xxs", version=version, **TINY)
+    model = create("mobilevit_xxs", version=version, **TINY)
     generator = torch.Generator().manual_seed(seed + 100)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in norms:

@@ -41,7 +41,7 @@ TINY = dict(
 
 def tiny_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return create("hybrid", variant="mobilevit_xxs", **TINY)
+    return create("mobilevit", variant="mobilevit_xxs", **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -131,5 +131,5 @@ def test_cache_keys_and_atomic_write(tmp_path) -> None:
     assert torch.equal(torch.load(target, weights_only=True)["model"]["w"], torch.ones(2))
     assert [p.name for p in target.parent.iterdir()] == ["w.pt"]
     assert quantize_flags("hybrid_digits") == (
-        "--model hybrid --variant mobilevit_xxs --set img_size=32 --set patch_size=1 --set num_classes=10"
+        "--model mobilevit --variant mobilevit_xxs --set img_size=32 --set patch_size=1 --set num_classes=10"
     )

@@ -7,8 +7,8 @@ make it exportable with static shapes:
   slots gives the reference's result for those n tokens. Empty slots still flow through as queries; nothing
   reads their outputs.
 - No multimask branching: all four masks, IoU scores and mask tokens come out, and the choice the reference
-  makes inside (multimask, dynamic stability fallback, no-object masking) is in `mask_selection`, run by the
-  tracker.
+  makes inside (multimask, dynamic stability fallback, no-object masking) is in `edgevit.video.mask_selection`,
+  run by the tracker.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The whole EfficientTAM as one module with the official state-dict layout, and its four deploy units.
 
 Submodule and parameter names equal the official `SAM2Base` (455 keys), so `{"model": state_dict}`
-checkpoints load strictly with no key map. The video loop is not here: see `tracker.py`.
+checkpoints load strictly with no key map. The video loop is not here: see `edgevit/video/tracker.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class EfficientTAM(nn.Module):
             input_size=(cfg.image_size, cfg.image_size),
             task="video-object-segmentation",
             layout="NCHW RGB float32 in [0,255]; the image_encoder unit normalises (ImageNet mean/std) itself",
+            loop="video",
         )
         self.image_encoder = ImageEncoder(cfg)
         self.memory_attention = MemoryAttention(cfg)

@@ -87,7 +87,7 @@ class PromptMaskDecoderUnit(nn.Module):
     """Prompt encoder + mask decoder + object-pointer head, for all four mask tokens at once.
 
     Which of the four masks to keep (multimask / single / stability fallback) is a choice of the caller
-    (`mask_selection.py`); doing it outside keeps the unit free of data-dependent control flow.
+    (`edgevit/video/mask_selection.py`); doing it outside keeps the unit free of data-dependent control flow.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -19,7 +19,7 @@ import sam2  # noqa: F401  (pip install --no-deps efficient-track-anything==1.0 
 import torch
 from PIL import Image
 
-from edgevit.models.efficienttam.tracker import Prompt
+from edgevit.video.tracker import Prompt
 
 # efficienttam_{ti,s}[_512x512].yaml differ only in these three numbers.
 TRUNK = {"ti": (192, 3), "s": (384, 6)}

@@ -12,14 +12,14 @@ from torch import nn
 
 from edgevit.models.efficienttam.config import EfficientTAMConfig
 from edgevit.models.efficienttam.mask_decoder import MaskDecoder
-from edgevit.models.efficienttam.mask_selection import (
+from edgevit.models.efficienttam.prompt_encoder import PAD_LABEL, UNUSED_LABEL, PromptEncoder
+from edgevit.video.mask_selection import (
     NO_OBJ_SCORE,
     apply_no_object_pointer,
     select_mask,
     stability_scores,
     use_multimask,
 )
-from edgevit.models.efficienttam.prompt_encoder import PAD_LABEL, UNUSED_LABEL, PromptEncoder
 from tests.models.efficienttam.reference import build_reference
 
 IMAGE_SIZE = 256

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgevit.models.efficienttam.tracker import UNIT_NAMES, Prompt, Tracker
+from edgevit.video.tracker import UNIT_NAMES, Prompt, Tracker
 
 UnitInputs = dict[str, list[tuple[torch.Tensor, ...]]]
 

@@ -10,8 +10,8 @@ import torch
 
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
-from edgevit.models.efficienttam.tracker import Prompt
-from edgevit.tracking import eager_tracker
+from edgevit.video.assemble import eager_tracker
+from edgevit.video.tracker import Prompt
 from tests.models.efficienttam.reference import build_reference, official_track, write_jpgs
 
 IMAGE_SIZE = 256  # official hyper-parameters at a smaller input, for test time

@@ -15,8 +15,8 @@ import torch
 
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
-from edgevit.models.efficienttam.tracker import FrameResult, Prompt
-from edgevit.tracking import eager_tracker
+from edgevit.video.assemble import eager_tracker
+from edgevit.video.tracker import FrameResult, Prompt
 from tests.models.efficienttam.reference import OfficialTrack, build_reference, official_track, write_jpgs
 
 IMAGE_SIZE = 128  # official hyper-parameters at a small input: 28 frames on both sides in a few seconds

@@ -18,7 +18,7 @@ from PIL import Image
 
 from edgevit.errors import EdgevitError
 from edgevit.models.efficienttam.config import EfficientTAMConfig
-from edgevit.models.efficienttam.mask_selection import select_mask, use_multimask
+from edgevit.video.mask_selection import select_mask, use_multimask
 
 Runner = Callable[..., Sequence[torch.Tensor]]
 UNIT_NAMES = ("image_encoder", "memory_attention", "prompt_mask_decoder", "memory_encoder")

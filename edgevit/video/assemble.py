@@ -8,7 +8,7 @@ import numpy as np
 
 from edgevit.errors import EdgevitError
 from edgevit.models.efficienttam.config import EfficientTAMConfig
-from edgevit.models.efficienttam.tracker import UNIT_NAMES, Tracker
+from edgevit.video.tracker import UNIT_NAMES, Tracker
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -28,12 +28,17 @@ def bundle_tracker(bundle: Path, target: str | None, num_threads: int | None = N
     The manifest is validated (its config against the units' shapes too) and all four artifacts are checked
     (size, sha256) before any runtime opens one.
     """
-    from edgevit.bundle import artifact_for, read_manifest, unit_runner, warn_unchecked
-    from edgevit.manifest import quoted, safe_text, verify_artifact
+    from converters.bundle import artifact_for, quoted, read_manifest, safe_text, unit_runner, verify_artifact
+    from edgevit.bundle import warn_unchecked
 
     manifest = read_manifest(bundle)
     model = manifest["model"]
-    if model["name"] != "efficienttam":
+    if "loop" not in model:  # bundles written before the spec declared its loop
+        raise EdgevitError(
+            f"bundle {safe_text(str(bundle))} does not say whether its model tracks video (written by an older "
+            "edgevit); convert it again"
+        )
+    if model["loop"] != "video":  # the spec's declaration, written by the converter
         raise EdgevitError(
             f"bundle {safe_text(str(bundle))} holds {quoted(model['name'])}, which does not track video; "
             "convert efficienttam"
@@ -66,13 +71,16 @@ def make_tracker(
     model_name: str, variant: str | None, checkpoint: Path | None, bundle: Path | None, target: str | None
 ) -> tuple[Tracker, dict]:
     from edgevit.models import create, resolve
+    from edgevit.models.checkpoint import load_checkpoint
 
     if bundle is not None:
         return bundle_tracker(bundle, target)
     fam, variant = resolve(model_name, variant)
-    if fam.name != "efficienttam":
+    model = create(fam.name, variant)
+    if model.spec.loop != "video":
         raise EdgevitError(f"model {fam.name!r} does not track video; use efficienttam")
-    model = create(fam.name, variant, checkpoint=checkpoint)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
     source = {
         "model": f"{fam.name}_{variant}",
         "runtime": "eager torch",
