@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from quant.errors import QuantError
-from quant.fake_quant import Batch, _set_submodule, run_batch
-from quant.metrics import _flatten_output
+from quant.fake_quant import Batch, replace_submodule, run_batch
+from quant.metrics import flatten_output
 
 
 def conv_bn_pairs(model: nn.Module, example: Batch) -> list[tuple[str, str]]:
@@ -95,14 +95,14 @@ def fold_batchnorm(model: nn.Module, example: Batch) -> tuple[nn.Module, list[tu
     pairs = conv_bn_pairs(folded, example)
     for conv_name, bn_name in pairs:
         fold_into_conv(folded.get_submodule(conv_name), folded.get_submodule(bn_name))
-        _set_submodule(folded, bn_name, nn.Identity())
+        replace_submodule(folded, bn_name, nn.Identity())
     was_training = model.training
     model.eval()
     try:
-        reference = _flatten_output(run_batch(model, example))
+        reference = flatten_output(run_batch(model, example))
     finally:
         model.train(was_training)
-    for ref, out in zip(reference, _flatten_output(run_batch(folded, example)), strict=True):
+    for ref, out in zip(reference, flatten_output(run_batch(folded, example)), strict=True):
         tolerance = 1e-4 * max(ref.abs().max().item(), 1.0)
         if (ref - out).abs().max().item() > tolerance:
             raise QuantError(

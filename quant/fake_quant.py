@@ -333,7 +333,8 @@ class FakeQuantLayer(nn.Module):
         return self.inner._conv_forward(inputs[0], self.weight_q, self.inner.bias)
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted `name` inside `model`, in place of what was there."""
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
@@ -352,7 +353,7 @@ def apply_plan(model: nn.Module, plan: QuantPlan, inplace: bool = False) -> nn.M
             raise QuantError(f"layer {name!r} is already fake-quantized")
         if layer_kind(module) != layer.kind:
             raise QuantError(f"plan says {name!r} is {layer.kind}, the model has {type(module).__name__}")
-        _set_submodule(target, name, FakeQuantLayer(module, layer))
+        replace_submodule(target, name, FakeQuantLayer(module, layer))
     return target
 
 
@@ -360,5 +361,5 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
     """Put the original modules back in place of every `FakeQuantLayer` (in place)."""
     wrapped = [name for name, m in model.named_modules() if isinstance(m, FakeQuantLayer)]
     for name in wrapped:
-        _set_submodule(model, name, model.get_submodule(name).inner)
+        replace_submodule(model, name, model.get_submodule(name).inner)
     return model

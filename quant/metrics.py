@@ -36,12 +36,13 @@ def top1_agreement(reference_logits: Tensor, test_logits: Tensor) -> float:
     return (reference_logits.argmax(dim=-1) == test_logits.argmax(dim=-1)).double().mean().item()
 
 
-def _flatten_output(out: Tensor | tuple | list | dict) -> list[Tensor]:
+def flatten_output(out: Tensor | tuple | list | dict) -> list[Tensor]:
+    """Every tensor of a model output (nested tuples, lists and dicts), in order."""
     if isinstance(out, Tensor):
         return [out]
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _flatten_output(v)]
-    return [t for v in out for t in _flatten_output(v)]
+        return [t for v in out.values() for t in flatten_output(v)]
+    return [t for v in out for t in flatten_output(v)]
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def model_outputs(model: nn.Module, batches: Iterable[Batch]) -> list[Tensor]:
     was_training = model.training
     model.eval()
     try:
-        return [t for batch in batches for t in _flatten_output(run_batch(model, batch))]
+        return [t for batch in batches for t in flatten_output(run_batch(model, batch))]
     finally:
         model.train(was_training)
 

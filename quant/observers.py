@@ -25,7 +25,7 @@ from quant.errors import QuantError
 
 # Smallest scale we emit: a constant-zero channel would otherwise give scale 0 and a division by zero in
 # every runtime's quantize op.
-_MIN_SCALE = float(torch.finfo(torch.float32).eps)
+MIN_SCALE = float(torch.finfo(torch.float32).eps)
 
 
 def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -42,9 +42,9 @@ def qparams_from_range(min_val: Tensor, max_val: Tensor, bits: int, symmetric: b
     lo = torch.clamp(min_val.to(torch.float64), max=0.0)
     hi = torch.clamp(max_val.to(torch.float64), min=0.0)
     if symmetric:
-        scale = (torch.maximum(-lo, hi) / qmax).to(torch.float32).clamp(min=_MIN_SCALE)
+        scale = (torch.maximum(-lo, hi) / qmax).to(torch.float32).clamp(min=MIN_SCALE)
         return scale, torch.zeros_like(scale, dtype=torch.int64)
-    scale = ((hi - lo) / (qmax - qmin)).to(torch.float32).clamp(min=_MIN_SCALE)
+    scale = ((hi - lo) / (qmax - qmin)).to(torch.float32).clamp(min=MIN_SCALE)
     zero_point = torch.round(qmin - lo / scale.to(torch.float64)).clamp(qmin, qmax).to(torch.int64)
     return scale, zero_point
 

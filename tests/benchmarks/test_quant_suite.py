@@ -11,10 +11,15 @@ import torch
 
 from benchmarks.machine import describe_machine
 from benchmarks.report import write_report
-from benchmarks.suites import quant
-from benchmarks.suites import quant_peers as peers
-from benchmarks.suites.quant_report import goals, tables
-from benchmarks.suites.quant_subjects import Subject, spread
+from benchmarks.suites.quant import peers
+from benchmarks.suites.quant.flags import parse_args
+from benchmarks.suites.quant.goals import goals
+from benchmarks.suites.quant.jobs import Job, run_job
+from benchmarks.suites.quant.report import tables
+from benchmarks.suites.quant.results import merge, run_record
+from benchmarks.suites.quant.run import main, run_subject
+from benchmarks.suites.quant.subjects import Subject, spread
+from benchmarks.suites.quant.workspace import Workspace, module_outputs, score
 from converters.unit import DeployUnit
 from tests.quant.tiny_vit import image_batches, make_tiny_vit
 
@@ -35,7 +40,7 @@ def tiny_subject() -> Subject:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    args = quant.parse_args(
+    args = parse_args(
         [
             "--bits",
             "w8a8,w4a8",
@@ -68,7 +73,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ]
     )
     directory = tmp_path_factory.mktemp("quant-suite")
-    return quant.run_subject(tiny_subject(), ["uniform", "mixed", "deploy"], args, directory, log=directory / "log")
+    return run_subject(tiny_subject(), ["uniform", "mixed", "deploy"], args, directory, log=directory / "log")
 
 
 def by(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
@@ -125,13 +130,13 @@ def test_a_failing_method_becomes_a_row_not_a_crash() -> None:
     def boom() -> list[dict[str, Any]]:
         raise RuntimeError("peer crashed\nwith a second line")
 
-    (row,) = quant.run_job(quant.Job("x", {"model": "m", "method": "peer"}, boom))
+    (row,) = run_job(Job("x", {"model": "m", "method": "peer"}, boom))
     assert row["status"] == "failed" and row["error"] == "RuntimeError: peer crashed with a second line"
 
 
 def test_results_file_merges_runs_and_judges_the_goals(result: dict[str, Any], tmp_path: Path) -> None:
     earlier = {"other": {"subject": {**result["subject"], "name": "other"}, "sections": {"uniform": {"rows": []}}}}
-    models = quant.merge(earlier, {"dinov2_s_focus": result})
+    models = merge(earlier, {"dinov2_s_focus": result})
     assert set(models) == {"other", "dinov2_s_focus"}
     lines = goals(models)
     assert any(line.startswith("Goal, DINOv2-S static W8A8") and ("met" in line or "missed" in line) for line in lines)
@@ -148,18 +153,18 @@ def test_the_xnnpack_peer_graph_is_flagged_for_eval_so_converters_take_it(tmp_pa
     subject = tiny_subject()
     graph = peers.xnnpack_static(subject.model, subject.calib[0], subject.calib, 8, 8)
     assert not graph.training
-    ws = quant.Workspace(subject, tmp_path, quant.parse_args([]))
-    assert quant.score(ws, quant.module_outputs(graph, subject.held_out))["sqnr_db"] > 15.0
+    ws = Workspace(subject, tmp_path, parse_args([]))
+    assert score(ws, module_outputs(graph, subject.held_out))["sqnr_db"] > 15.0
 
 
 def test_report_only_retabulates_a_results_file(result: dict[str, Any], tmp_path: Path) -> None:
-    args = quant.parse_args(["--models", "tiny_vit", "--threads", "1"])
+    args = parse_args(["--models", "tiny_vit", "--threads", "1"])
     machine = describe_machine(())
-    runs = [quant.run_record(args, 0.0, machine)]
+    runs = [run_record(args, 0.0, machine)]
     write_report(
         tmp_path, "quant", title="t", machine=machine, tables=[], data={"models": {"tiny_vit": result}, "runs": runs}
     )
-    assert quant.main(["--report-only", "--out", str(tmp_path / "quant")]) == 0
+    assert main(["--report-only", "--out", str(tmp_path / "quant")]) == 0
     payload = json.loads((tmp_path / "quant.json").read_text())
     assert payload["data"]["runs"] == json.loads(json.dumps(runs)) and len(payload["tables"]) == 4
     assert "| tiny_vit | 1 | eager |" in (tmp_path / "quant.md").read_text()
@@ -173,16 +178,16 @@ def test_merge_replaces_only_the_methods_measured_again() -> None:
     old = {"m": {"subject": {}, "sections": {"uniform": {"rows": [ptq8, ort8], "seconds": 1.0}}}}
     ptq4 = {"origin": "ours", "method": "ptq", "bits": "W4A8"}
     new = {"m": {"subject": {}, "sections": {"uniform": {"rows": [ptq4], "seconds": 2.0}, "deploy": {"rows": []}}}}
-    merged = quant.merge(old, new)["m"]["sections"]
+    merged = merge(old, new)["m"]["sections"]
     assert merged["uniform"]["rows"] == [ort8, ptq4]
     assert merged["deploy"] == {"rows": []}
 
 
 def test_parse_args_reads_bit_settings_and_rejects_unknown_names() -> None:
-    args = quant.parse_args(["--bits", "w8a8,W4A8", "--budgets", "0.5"])
+    args = parse_args(["--bits", "w8a8,W4A8", "--budgets", "0.5"])
     assert args.bits == [(8, 8), (4, 8)] and args.budgets == [0.5]
     with pytest.raises(SystemExit):
-        quant.parse_args(["--peers", "tensorrt"])
+        parse_args(["--peers", "tensorrt"])
 
 
 def test_spread_keeps_both_ends() -> None:

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from quant.adaround import AdaRoundLayer
 from quant.bn_fold import fold_batchnorm
 from quant.errors import QuantError
 from quant.fake_quant import FakeQuantize, FakeQuantLayer, apply_plan, calibrate
 from quant.plan import QuantPlan
-from quant.reconstruction import AdaRoundLayer, ReconConfig, ReconUnit, capture, reconstruct
+from quant.reconstruction import ReconConfig, ReconUnit, capture, reconstruct
 from quant.scale_search import SearchConfig, hessian_search
 from tests.quant.tiny_hybrid import image_batches, make_tiny_hybrid
 

@@ -7,10 +7,11 @@ from torch import nn
 from quant.bn_fold import fold_batchnorm
 from quant.errors import QuantError
 from quant.fake_quant import apply_plan, calibrate
+from quant.layer_search import guard_zero_point
 from quant.metrics import model_outputs, outputs_sqnr
 from quant.observers import fake_quantize, quant_range
 from quant.plan import QuantPlan
-from quant.scale_search import SearchConfig, SearchResult, guard_zero_point, hessian_search
+from quant.scale_search import SearchConfig, SearchResult, hessian_search
 from tests.quant.tiny_hybrid import image_batches, make_tiny_hybrid
 
 FAST = SearchConfig(grid=tuple(round(0.3 + 0.7 * i / 17, 3) for i in range(18)), max_samples=16)

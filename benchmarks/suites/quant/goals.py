@@ -1,0 +1,177 @@
+"""The issue's goals, judged from the (merged) results data alone, with the margin either way."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from benchmarks.suites.quant.report import (
+    DINOV2,
+    ENCODER,
+    ENCODER_SPEEDUP,
+    MARGIN_OVER_PEER_DB,
+    MIXED_MAX_FRACTION,
+    MIXED_MAX_LOSS_DB,
+    activations_of,
+    facts_note,
+    rows_of,
+    timings,
+)
+
+
+def _ok(rows: Iterator[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in rows
+        if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items()) and _finite(r.get("sqnr_db"))
+    ]
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _name(r: dict[str, Any]) -> str:
+    return f"{r['method']} ({r['variant']})"
+
+
+def goal_margin_over_peers(models: dict[str, Any]) -> str | None:
+    """At static W8A8 on DINOv2-S, our best method >= 3 dB SQNR above the best static peer on held-out images."""
+    if DINOV2 not in models:
+        return None
+    rows = list(rows_of({DINOV2: models[DINOV2]}, "uniform"))
+    mine = _ok(iter(rows), origin="ours", bits="W8A8")
+    theirs = _ok(iter(rows), origin="peer", bits="W8A8")
+    if not mine or not theirs:
+        return f"Goal (DINOv2-S W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB over the best static peer): not measured."
+    best, peer = max(mine, key=lambda r: r["sqnr_db"]), max(theirs, key=lambda r: r["sqnr_db"])
+    margin = best["sqnr_db"] - peer["sqnr_db"]
+    verdict = (
+        f"met by {margin - MARGIN_OVER_PEER_DB:.2f} dB"
+        if margin >= MARGIN_OVER_PEER_DB
+        else f"missed by {MARGIN_OVER_PEER_DB - margin:.2f} dB"
+    )
+    artifact = _our_onnx_sqnr(models, best["method"])
+    return (
+        f"Goal, DINOv2-S static W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB above the best static peer: ours {_name(best)} "
+        f"{best['sqnr_db']:.1f} dB{artifact} vs {_name(peer)} {peer['sqnr_db']:.1f} dB ({peer['evaluated']}): "
+        f"margin {margin:+.2f} dB — {verdict}."
+    )
+
+
+def _our_onnx_sqnr(models: dict[str, Any], method: str) -> str:
+    rows = _ok(
+        rows_of({DINOV2: models[DINOV2]}, "deploy"), kind="artifact", target="onnx", origin="ours", method=method
+    )
+    return f" (its int8 ONNX in onnxruntime: {rows[0]['sqnr_db']:.1f} dB)" if rows else ""
+
+
+def goal_onnx_faster(models: dict[str, Any]) -> list[str]:
+    """Our static int8 ONNX faster than the fp32 ONNX on DINOv2-S (the peer's is slower), per thread count."""
+    if DINOV2 not in models:
+        return []
+    rows = [r for r in models[DINOV2]["sections"]["deploy"]["rows"] if r.get("kind") == "artifact"]
+    onnx = [r for r in rows if r["target"] == "onnx" and r["origin"] != "fp32"]
+    lines = []
+    for timing in timings(models, DINOV2):
+        stats = timing["stats"]
+        if "onnx fp32" not in stats:
+            continue
+        fp32 = stats["onnx fp32"]["median_ms"]
+        ratio = {r["label"]: stats[r["label"]]["median_ms"] / fp32 for r in onnx if r["label"] in stats}
+        mine = [r for r in onnx if r["origin"] == "ours" and r["label"] in ratio]
+        where = f"Goal, our static int8 ONNX faster than the fp32 ONNX (DINOv2-S, {timing['threads']} thread(s))"
+        if not mine:
+            lines.append(f"{where}: no int8 ONNX of ours was timed — missed.")
+            continue
+        best = min(mine, key=lambda r: ratio[r["label"]])
+        q = ratio[best["label"]]
+        verdict = f"met, {100 * (1 - q):.0f} % faster" if q < 1 else f"missed, {100 * (q - 1):.0f} % slower"
+        others = "; ".join(
+            f"{_name(r)} {ratio[r['label']]:.2f}×" for r in onnx if r["origin"] == "peer" and r["label"] in ratio
+        )
+        lines.append(
+            f"{where}: {_name(best)} {q:.2f}× the fp32 ONNX ({stats[best['label']]['median_ms']:.1f} vs {fp32:.1f} ms)"
+            f" — {verdict}. Peer: {others or 'not timed'}."
+        )
+    return lines
+
+
+def goal_mixed(models: dict[str, Any]) -> list[str]:
+    """Mixed precision within 1 dB of our (best) W8A8 at <= 60 % of its weight bytes, per model."""
+    lines = []
+    for model, entry in models.items():
+        rows = _ok(iter(entry["sections"].get("mixed", {}).get("rows", [])))
+        fitting = [r for r in rows if r["weight_bytes"] <= MIXED_MAX_FRACTION * r["w8a8_weight_bytes"] + 1]
+        uniform = _ok(iter(entry["sections"].get("uniform", {}).get("rows", [])), origin="ours", bits="W8A8")
+        if not fitting or not uniform:
+            continue
+        best = max(fitting, key=lambda r: r["sqnr_db"])
+        w8 = max(uniform, key=lambda r: r["sqnr_db"])
+        delta = best["sqnr_db"] - w8["sqnr_db"]
+        verdict = (
+            f"met with {MIXED_MAX_LOSS_DB + delta:.1f} dB to spare"
+            if delta >= -MIXED_MAX_LOSS_DB
+            else f"missed by {-MIXED_MAX_LOSS_DB - delta:.1f} dB"
+        )
+        lines.append(
+            f"Goal, mixed precision within {MIXED_MAX_LOSS_DB:g} dB of our W8A8 at ≤ {MIXED_MAX_FRACTION:.0%} of its "
+            f"weight bytes ({model}): {best['method']} {best['sqnr_db']:.1f} dB at "
+            f"{best['weight_bytes'] / best['w8a8_weight_bytes']:.0%} vs our best W8A8 ({_name(w8)}) "
+            f"{w8['sqnr_db']:.1f} dB (Δ {delta:+.1f} dB; {best['sqnr_db'] - best['w8a8_sqnr_db']:+.1f} dB from its "
+            f"own base's W8A8) — {verdict}."
+        )
+    return lines
+
+
+def goal_encoder(models: dict[str, Any]) -> list[str]:
+    """The int8 EfficientTAM-S image encoder >= 2x faster than eager fp32 on this CPU, per thread count."""
+    if ENCODER not in models:
+        return []
+    rows = [r for r in models[ENCODER]["sections"]["deploy"]["rows"] if r.get("kind") == "artifact"]
+    lines = []
+    for timing in timings(models, ENCODER):
+        stats = timing["stats"]
+        eager = stats["eager fp32"]["median_ms"]
+        int8 = [r for r in rows if r["origin"] != "fp32" and r["label"] in stats and r["bits"] == "W8A8"]
+        where = (
+            f"Goal, int8 EfficientTAM-S 512 image encoder ≥ {ENCODER_SPEEDUP:g}× faster than eager fp32 "
+            f"({timing['threads']} thread(s))"
+        )
+        if not int8:
+            lines.append(f"{where}: nothing timed — missed.")
+            continue
+        speedup = {r["label"]: eager / stats[r["label"]]["median_ms"] for r in int8}
+        best = max(int8, key=lambda r: speedup[r["label"]])
+        static = max(
+            (r for r in int8 if activations_of(r) == "static"), key=lambda r: speedup[r["label"]], default=None
+        )
+        s = speedup[best["label"]]
+        verdict = (
+            f"met by {s - ENCODER_SPEEDUP:.2f}×"
+            if s >= ENCODER_SPEEDUP
+            else f"missed by {ENCODER_SPEEDUP - s:.2f}× (needs ≤ {eager / ENCODER_SPEEDUP:.0f} ms)"
+        )
+        lines.append(
+            f"{where}: best {best['target']} {best['origin']} {_name(best)} ({activations_of(best)} activations) "
+            f"{stats[best['label']]['median_ms']:.0f} ms vs eager {eager:.0f} ms = {s:.2f}× — {verdict}."
+            + _static_note(static, speedup)
+        )
+    return lines
+
+
+def _static_note(static: dict[str, Any] | None, speedup: dict[str, float]) -> str:
+    """The best artifact with static activations, and what its runtime left in float."""
+    if static is None:
+        return " No static W8A8 artifact was timed."
+    left = facts_note(static.get("facts", {}))
+    return (
+        f" Best static W8A8: {static['target']} {static['origin']} {_name(static)} {speedup[static['label']]:.2f}×"
+        + (f" ({left})." if left else ".")
+    )
+
+
+def goals(models: dict[str, Any]) -> list[str]:
+    found = [goal_margin_over_peers(models), *goal_onnx_faster(models), *goal_mixed(models), *goal_encoder(models)]
+    return [line for line in found if line]
