@@ -51,12 +51,17 @@ def write_bundle(
     force: bool = False,
     on_artifact: Callable[[str, str], None] | None = None,
     log: Path | None = None,
+    *,
+    files: Mapping[str, str] | None = None,
+    units: Sequence[DeployUnit] | None = None,
 ) -> dict[str, Any]:
-    """Convert every deploy unit of `model` for every target into `out`; returns the manifest.
+    """Convert every deploy unit of `model` (or `units`, as passes left them) for every target into `out`;
+    returns the manifest.
 
-    `log` (the backends' output) is copied in as `convert.log` before the bundle is renamed into place.
+    `files` (path in the bundle → text, e.g. `recipe.toml`) are written in; `log` (the backends' output) is
+    copied in as `convert.log` before the bundle is renamed into place.
     """
-    units = model.deploy_units()
+    units = model.deploy_units() if units is None else list(units)
 
     def lower(folder: Path):
         for target in targets:
@@ -65,7 +70,7 @@ def write_bundle(
                     on_artifact(unit.name, target)
                 yield converters.convert(unit, target, precision, folder / target)
 
-    return bundle.write_bundle(out, header(model, units), lower, log=log, force=force)
+    return bundle.write_bundle(out, header(model, units), lower, files=files, log=log, force=force)
 
 
 @dataclasses.dataclass
@@ -86,10 +91,13 @@ def write_quant_bundle(
     quant_info: Mapping[str, Any],
     force: bool = False,
     on_artifact: Callable[[str, str], None] | None = None,
+    *,
+    files: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> dict[str, Any]:
     """Lower every planned unit for every target into `out` and return the manifest: a float bundle's, plus a
     `quant` section (`quant_info`: method, bits, budget, calibration, skipped targets) and each unit's plan file,
-    so a run can be audited or replayed on a new checkpoint."""
+    so a run can be audited or replayed on a new checkpoint; `files` and `log` as in `write_bundle`."""
     from converters.quantized import convert_quantized
 
     plans = {q.unit.name: f"quant/{q.unit.name}.plan.json" for q in units}
@@ -105,9 +113,9 @@ def write_quant_bundle(
                     on_artifact(q.unit.name, target)
                 yield convert_quantized(q.unit, target, q.plan, folder / target, parity_inputs=q.eval_inputs)
 
-    files = {plans[q.unit.name]: q.plan.to_json() + "\n" for q in units}
+    files = {**(files or {}), **{plans[q.unit.name]: q.plan.to_json() + "\n" for q in units}}
     return bundle.write_bundle(
-        out, header(model, [q.unit for q in units]), lower, quant=section, files=files, force=force
+        out, header(model, [q.unit for q in units]), lower, quant=section, files=files, log=log, force=force
     )
 
 

@@ -72,6 +72,7 @@ def track_cmd(
 
 @app.command("convert")
 def convert_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model name (see `edgevit models`).")] = "efficienttam",
     variant: Annotated[str | None, typer.Option(help="Variant of the model (default: the family's default).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Official checkpoint (.pt) to load strictly.")] = None,
@@ -90,6 +91,10 @@ def convert_cmd(
     calib: Annotated[
         str | None, typer.Option(help="With --quant: calibration folder, video, or 'builtin' (the default).")
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Build from a recipe file (e.g. a bundle's recipe.toml) instead of the flags above."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest.json + artifacts).")] = Path("bundle"),
     force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -99,11 +104,22 @@ def convert_cmd(
     Example: edgevit convert --model efficienttam --variant ti_512 --target coreml --out bundle/
 
     Example (int8): edgevit convert --model efficienttam --target coreml --quant ptq --bits 8 --out bundle-int8/
-    """
-    from edgevit.commands.convert import QuantOptions, convert
 
+    Example (rebuild): edgevit convert --recipe bundle/recipe.toml --out bundle2/
+    """
+    from edgevit.commands.convert import QuantOptions, convert, recipe_from_flags, refuse_flags_with_recipe
+    from edgevit.pipeline import Recipe
+
+    if recipe is not None:
+        # typer vendors click: compare the source's name, not click's enum
+        given = [name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) != "DEFAULT"]
+        refuse_flags_with_recipe([name for name in given if name != "recipe"])
+        convert(Recipe.from_toml(recipe), out, force, as_json)
+        return
     quant_options = QuantOptions.from_flags(quant, bits, budget_mb, calib, precision)
-    convert(model, variant, checkpoint, set_ or [], target, precision, quant_options, out, force, as_json)
+    convert(
+        recipe_from_flags(model, variant, checkpoint, set_ or [], target, precision, quant_options), out, force, as_json
+    )
 
 
 @app.command("inspect")

@@ -139,3 +139,26 @@ def test_the_checks_catch_what_they_forbid(tmp_path: Path) -> None:
     assert suite_of("benchmarks.suites.quant_tracker") == "benchmarks.suites.quant_tracker"  # a runnable module
     assert suite_of("benchmarks.timing") is None
     assert len(source_files()) > 100
+
+
+def test_commands_never_import_each_other() -> None:
+    commands = sorted((ROOT / "edgevit" / "commands").glob("*.py"))
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: imports {target}"
+        for path in commands
+        if path.name != "__init__.py"
+        for line, target, _ in imports(path)
+        if target.startswith("edgevit.commands.") and target != module_name(path)
+    ]
+    assert not found, "commands are flags → Recipe → pipeline.run → print; shared code lives below them:\n" + "\n".join(
+        found
+    )
+
+
+def test_every_suite_module_belongs_to_a_suite() -> None:
+    loose = [
+        p.name
+        for p in sorted((ROOT / "benchmarks" / "suites").glob("*.py"))
+        if p.name != "__init__.py" and suite_of(module_name(p)) is None
+    ]
+    assert not loose, f"a suite's helpers go inside its package (benchmarks/suites/<suite>/): {loose}"

@@ -12,9 +12,9 @@ import torch
 
 from converters.bundle import read_manifest
 from edgevit.cli import main
-from edgevit.commands.quantize import check_request, quantize_model
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
+from edgevit.pipeline import QuantConfig, Recipe, run, run_model
 from edgevit.video.assemble import bundle_tracker, eager_tracker, mask_iou
 from edgevit.video.calibration import record_unit_inputs
 from edgevit.video.tracker import UNIT_NAMES, Prompt
@@ -44,7 +44,8 @@ TARGETS = ("onnx", "executorch", "tflite")  # every int8 target that runs here (
 @pytest.fixture(scope="module")
 def int8_bundle(tracking_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("etam_int8") / "bundle"
-    manifest = quantize_model(tracking_model, check_request("ptq", "8", None, "builtin", ",".join(TARGETS)), out)
+    recipe = Recipe("efficienttam_ti", overrides={"image_size": SIZE}, passes=(QuantConfig("ptq"),), targets=TARGETS)
+    manifest = run_model(tracking_model, recipe, out=out)
     return out, manifest
 
 
@@ -159,9 +160,11 @@ def test_qhyvit_through_the_quantize_pipeline(tmp_path) -> None:
     layer-wise learned rounding). Bridges are tested in tests/quant/test_qhyvit.py; a random or trained-like
     tiny hybrid is chaotic enough that its int8 artifacts sit under the 25 dB parity floor (18 dB, while the
     trained digits student lowers at 35-38 dB), so it is no fixture for the lowering."""
-    model = create("vit", "ti16_224", depth=2, img_size=64, num_classes=10)
-    request = check_request("qhyvit", "8", None, "builtin", "onnx", recon_iters=10)
-    manifest = quantize_model(model, request, tmp_path / "bundle")
+    tiny = {"depth": 2, "img_size": 64, "num_classes": 10}
+    recipe = Recipe(
+        "vit", "ti16_224", overrides=tiny, passes=(QuantConfig("qhyvit", recon_iters=10),), targets=("onnx",)
+    )
+    manifest = run(recipe, out=tmp_path / "bundle")
     metadata = manifest["quant"]["units"]["model"]["metadata"]
     assert metadata["method"] == "qhyvit" and metadata["bridges"] == []
     plan = QuantPlan.from_json((tmp_path / "bundle" / manifest["quant"]["units"]["model"]["plan"]).read_text())

@@ -81,29 +81,28 @@ def time_trackers(trackers: dict[str, Any], frames: list[np.ndarray], prompt: An
 
 
 def run_model(name: str, args: argparse.Namespace, work: Path, console: Console) -> dict[str, Any]:
-    from edgevit.bundle import write_bundle
-    from edgevit.commands.quantize import check_request, quantize_model
-    from edgevit.models import create
+    from edgevit.pipeline import QuantConfig, Recipe, build_model, check, run_model
     from edgevit.video.assemble import bundle_tracker, eager_tracker, mask_iou
     from edgevit.video.calibration import centre_click
     from quant.metrics import sqnr
 
-    torch.manual_seed(0)
-    model = create(name)
+    fp32 = Recipe(model=name, targets=tuple(args.targets), precision="fp32", seed=0)
+    int8 = Recipe(model=name, targets=tuple(args.targets), passes=(QuantConfig(args.method, "8"),), seed=0)
+    targets = check(int8).kept
+    model = build_model(int8)
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(args.object_bias)
-    request = check_request(args.method, "8", None, "builtin", ",".join(args.targets))
     started = time.perf_counter()
-    console.print(f"{name}: quantizing every unit for {', '.join(request.targets)}")
-    int8_manifest = quantize_model(model, request, work / f"{name}-int8")
+    console.print(f"{name}: quantizing every unit for {', '.join(targets)}")
+    int8_manifest = run_model(model, int8, out=work / f"{name}-int8")
     quantize_s = time.perf_counter() - started
     console.print(f"{name}: converting fp32 artifacts ({quantize_s:.0f} s so far)")
-    write_bundle(model, request.targets, "fp32", work / f"{name}-fp32")
+    run_model(model, fp32, out=work / f"{name}-fp32")
 
     frames = evaluation_clip(args.frames)
     prompt = centre_click(frames[0])
     trackers = {"eager fp32": eager_tracker(model)}
-    for target in request.targets:
+    for target in targets:
         for precision in ("fp32", "int8"):
             trackers[f"{target} {precision}"] = bundle_tracker(work / f"{name}-{precision}", target, args.threads)[0]
     results = {key: list(tr.track(frames, prompt, num_frames=len(frames))) for key, tr in trackers.items()}

@@ -1,13 +1,16 @@
-"""`edgevit convert`: a registered model's deploy units → a verified bundle for one or all targets."""
+"""`edgevit convert`: a registered model's deploy units → a verified bundle for one or all targets, from flags or
+from a recipe file (`--recipe`, e.g. the `recipe.toml` a bundle records)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
+from edgevit.pipeline import QuantConfig, Recipe, parse_overrides
+
+RECIPE_COMPANIONS = ("out", "force", "as_json")  # the only flags that may come with --recipe
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class QuantOptions:
         return cls(method, bits or "8", budget_mb, calib or "builtin")
 
 
-def convert(
+def recipe_from_flags(
     model_name: str,
     variant: str | None,
     checkpoint: Path | None,
@@ -43,60 +46,31 @@ def convert(
     target: str,
     precision: str | None,
     quant: QuantOptions | None,
-    out: Path,
-    force: bool,
-    as_json: bool,
-) -> None:
-    from rich.console import Console
-    from rich.progress import Progress
+) -> Recipe:
+    """The recipe the flags describe: a float conversion, or one quant pass."""
+    passes = () if quant is None else (QuantConfig(quant.method, quant.bits, quant.budget_mb),)
+    return Recipe(
+        model=model_name,
+        variant=variant,
+        checkpoint=checkpoint,
+        overrides=parse_overrides(overrides),
+        passes=passes,
+        targets=tuple(target.split(",")),
+        precision=precision,
+        calibration=quant.calib if quant is not None else "builtin",
+    )
 
-    from converters import ConversionError, resolve_targets
-    from converters.bundle import check_out
-    from edgevit.bundle import weights_origin, write_bundle
-    from edgevit.commands.inspect import print_table
-    from edgevit.commands.quantize import parse_overrides, quantize
-    from edgevit.models import create
-    from edgevit.quiet import backend_output_to_log
 
-    if quant is not None:
-        quantize(
-            model_name, variant, checkpoint, overrides, quant.method, quant.bits, quant.budget_mb, quant.calib,
-            target, False, out, force, as_json,
-        )  # fmt: skip
-        return
-    console = Console(stderr=True)
-    targets = resolve_targets(target)
-    if precision is not None and precision not in ("fp32", "fp16"):
-        raise EdgevitError(f"unknown precision {precision!r}; valid: fp32, fp16")
-    check_out(out, force, inputs=[checkpoint])
-    model = create(model_name, variant, checkpoint=checkpoint, **parse_overrides(overrides))
-    if weights_origin(model) == "random":
-        console.print(
-            "[bold yellow]note: no --checkpoint: converting RANDOM weights (files are valid, outputs meaningless)[/]",
-            soft_wrap=True,
-        )
-    total = len(model.deploy_units()) * len(targets)
-    with backend_output_to_log("edgevit-convert") as (log, real_err):
-        # A bar only on a terminal: elsewhere it would add a blank line to a failure's one-line message.
-        progress = Progress(console=Console(file=real_err), disable=not real_err.isatty())
-        task = progress.add_task("converting", total=total)
+def refuse_flags_with_recipe(given: Sequence[str]) -> None:
+    """`--recipe` says everything that makes the bundle: another flag would silently lose to it, or win."""
+    extra = [name for name in given if name not in RECIPE_COMPANIONS]
+    if extra:
+        flags = ", ".join("--" + name.rstrip("_").replace("_", "-") for name in extra)
+        raise EdgevitError(f"{flags} cannot be given with --recipe (only --out, --force, --json); edit the recipe")
 
-        started = iter(range(total))
 
-        def step(unit: str, tgt: str) -> None:
-            progress.update(task, description=f"{unit} → {tgt}", completed=next(started))
+def convert(recipe: Recipe, out: Path, force: bool, as_json: bool) -> None:
+    """Build the recipe into `out` and print the bundle (its manifest with `as_json`)."""
+    from edgevit.console.run import build
 
-        try:
-            with progress:
-                manifest = write_bundle(model, targets, precision, out, force, on_artifact=step, log=log)
-                progress.update(task, completed=total)
-        except ConversionError as exc:  # the log explains it: kept, and named
-            raise ConversionError(f"{exc} (backend log: {log})") from None
-        except BaseException:
-            log.unlink(missing_ok=True)
-            raise
-    log.unlink()
-    if as_json:
-        print(json.dumps(manifest, indent=2))
-    else:
-        print_table(manifest, out)
+    build(recipe, out, force, as_json)

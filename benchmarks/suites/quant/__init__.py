@@ -21,5 +21,5 @@ one line; the suite goes on. The issue's goals are judged in the summary, with t
 Modules: `flags` (the command line), `subjects` (the models and their images), `workspace` (one model's
 state and scoring), `jobs` (a step and its row), `uniform`, `mixed` and `deploy` (the sections; `peers`
 wraps the peers' APIs), `run` (a run), `results` (merging runs into one file), `report` and `goals`
-(tables and verdicts from the stored rows alone). Our methods are `benchmarks.suites.quant_ours`.
+(tables and verdicts from the stored rows alone). Our methods are `benchmarks.suites.quant.ours`.
 """

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import load_average
-from benchmarks.suites import quant_ours as ours
-from benchmarks.suites.quant import peers
+from benchmarks.suites.quant import ours, peers
 from benchmarks.suites.quant.flags import bits_label
 from benchmarks.suites.quant.jobs import Job, Unsupported, row
 from benchmarks.suites.quant.workspace import Workspace, open_runner, run_artifact, score

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.cli import comma_list
-from benchmarks.suites import quant_ours as ours
-from benchmarks.suites.quant import peers
+from benchmarks.suites.quant import ours, peers
 from benchmarks.suites.quant.subjects import ENCODER_NAME, STUDENT_NAMES
 from converters.targets.registry import TARGET_INFO
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.suites import quant_ours as ours
+from benchmarks.suites.quant import ours
 from benchmarks.suites.quant.jobs import Job, row
 from benchmarks.suites.quant.workspace import Workspace, module_outputs, score
 

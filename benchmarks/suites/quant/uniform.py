@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.suites import quant_ours as ours
-from benchmarks.suites.quant import peers
+from benchmarks.suites.quant import ours, peers
 from benchmarks.suites.quant.flags import bits_label
 from benchmarks.suites.quant.jobs import Job, Unsupported, row, timed
 from benchmarks.suites.quant.subjects import bridges_of

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from benchmarks.suites import quant_ours as ours
-from benchmarks.suites.quant import peers
+from benchmarks.suites.quant import ours, peers
 from benchmarks.suites.quant.subjects import Subject
 
 

@@ -1,0 +1,113 @@
+"""The one quantization recipe: what `edgevit quantize`/`convert --quant` ship and the quant suite measures.
+
+Every method starts from the float model with its BatchNorms folded into their convs (`quant.bn_fold`), because
+every backend folds before it quantizes: quantizing the unfolded weight would simulate a model no runtime runs.
+`ptq` then observes min/max ranges; `mptq` first smooths the Linears' inputs with SQ-b, its strength α searched
+per layer for the bits that will run (α searched for 8-bit weights moves range into weights that 4-bit weights
+cannot hold), then calibrates the same way; `qhyvit` runs the whole Q-HyViT pass (scale search + block
+reconstruction, the hybrid's conv→attention bridges jointly). Mixed precision spends a weight budget with
+`greedy_allocate` on a sensitivity table of the prepared model (SQ-b's α searched at W8A8 for it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from quant.fake_quant import CalibrationStats
+from quant.plan import QuantPlan
+
+PLAN_METHODS = ("ptq", "mptq")  # methods planned from observed ranges (qhyvit reconstructs weights)
+SENSITIVITY_IMAGES = 4  # model forwards per (layer, bit-width) probe: the table's cost scales with this
+
+Batch = tuple[Tensor, ...]
+
+
+@dataclass
+class Prepared:
+    """A float model ready to be planned: BN folded, SQ-b applied for mptq, ranges observed."""
+
+    method: str
+    module: nn.Module
+    stats: CalibrationStats
+    smoothing: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    bn_folded: list[tuple[str, str]] = field(default_factory=list)
+
+
+def smoothing_bits(bits: str) -> tuple[int, int]:
+    """The (weight, activation) bits SQ-b's α is searched for: the requested width, W8A8 for mixed precision."""
+    return (8, 8) if bits == "mixed" else (int(bits), 8)
+
+
+def prepare(
+    method: str, module: nn.Module, calib: Sequence[Batch | Tensor], bits: tuple[int, int] = (8, 8), bars: bool = False
+) -> Prepared:
+    """Fold, smooth (mptq, α searched for `bits`) and calibrate a copy of `module`; the caller's model is left
+    as it is."""
+    from quant.bn_fold import fold_batchnorm
+    from quant.fake_quant import collect_stats
+    from quant.smoothquant import smooth_quant_
+
+    if method not in PLAN_METHODS:
+        raise ValueError(f"unknown plan method {method!r}; valid: {', '.join(PLAN_METHODS)}")
+    start = time.perf_counter()
+    model, folded = fold_batchnorm(module, calib[0])  # an eval-mode copy
+    smoothing = {}
+    if method == "mptq":
+        smoothing = smooth_quant_(model, list(calib), weight_bits=bits[0], act_bits=bits[1], progress=bars)
+    stats = collect_stats(model, list(calib), progress=bars)
+    return Prepared(method, model, stats, smoothing, time.perf_counter() - start, folded)
+
+
+def uniform_plan(prepared: Prepared, weight_bits: int, act_bits: int) -> QuantPlan:
+    """The prepared model's plan at uniform bits, with its SQ-b records attached."""
+    plan = prepared.stats.plan(weight_bits, act_bits, method=prepared.method)
+    return plan.with_smoothing(prepared.smoothing)
+
+
+def sensitivity(prepared: Prepared, calib: Sequence[Batch | Tensor], weight_bits: Sequence[int], bars: bool = False):
+    """Output SQNR with one layer quantized at a time at each weight width (activations at 8 bits): one table
+    serves every budget."""
+    from quant.metrics import layer_sensitivity
+
+    return layer_sensitivity(
+        prepared.module, prepared.stats, list(calib[:SENSITIVITY_IMAGES]), weight_bits=weight_bits, progress=bars
+    )
+
+
+def mixed_plan(prepared: Prepared, table, budget_mb: float) -> QuantPlan:
+    """The greedy mixed-precision plan that fits `budget_mb` of weights, with the SQ-b records attached."""
+    from quant.mixed_precision import greedy_allocate
+
+    return greedy_allocate(prepared.stats, table, budget_mb).with_smoothing(prepared.smoothing)
+
+
+def qhyvit(
+    module: nn.Module,
+    calib: Sequence[Batch | Tensor],
+    weight_bits: int,
+    act_bits: int = 8,
+    joint_bridge: bool = True,
+    iters: int = 200,
+    bars: bool = False,
+) -> tuple[nn.Module, QuantPlan]:
+    """Q-HyViT on a copy of `module` (its bridge blocks, where it declares them, taken from the copy as the
+    method requires); returns (fake-quant model, plan)."""
+    from quant.qhyvit import bridges_of, qhyvit_quantize
+
+    model = copy.deepcopy(module).eval()
+    return qhyvit_quantize(
+        model,
+        list(calib),
+        bridges_of(model),
+        weight_bits,
+        act_bits,
+        joint_bridge=joint_bridge,
+        iters=iters,
+        progress=bars,
+    )

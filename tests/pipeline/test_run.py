@@ -1,0 +1,54 @@
+"""`pipeline.run` through the command line: every bundle records its recipe, and `--recipe` rebuilds it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_cli import run
+
+TINY = ["--set", "depth=2", "--set", "img_size=64", "--set", "num_classes=10"]
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def shape(m: dict) -> list[tuple]:
+    return sorted((a["unit"], a["target"], a["precision"]) for a in m["artifacts"])
+
+
+def test_convert_recipe_rebuilds_a_quantized_bundle(monkeypatch, capsys, tmp_path) -> None:
+    first, second = tmp_path / "b1", tmp_path / "b2"
+    args = ["--model", "vit", "--variant", "ti16_224", *TINY, "--quant", "mptq", "--target", "onnx"]
+    code, _, err = run(monkeypatch, capsys, "convert", *args, "--out", str(first), "--json")
+    assert code == 0, err
+    assert (first / "recipe.toml").is_file()
+    code, _, _ = run(monkeypatch, capsys, "inspect", str(first), "--verify", "--json")
+    assert code == 0  # the extra file does not trouble the reader
+    code, _, err = run(monkeypatch, capsys, "convert", "--recipe", str(first / "recipe.toml"), "--out", str(second))
+    assert code == 0, err
+    a, b = manifest(first), manifest(second)
+    assert shape(a) == shape(b) == [("model", "onnx", "int8")]
+    assert a["quant"]["units"]["model"]["summary"] == b["quant"]["units"]["model"]["summary"]
+    plan = a["quant"]["units"]["model"]["plan"]
+    assert (first / plan).read_text() == (second / plan).read_text()  # same weights (seed), same plan
+    assert (first / "recipe.toml").read_text() == (second / "recipe.toml").read_text()
+
+
+def test_flags_beside_a_recipe_and_replacing_its_folder_are_refused(monkeypatch, capsys, tmp_path) -> None:
+    bundle = tmp_path / "b1"
+    code, _, err = run(
+        monkeypatch, capsys, "convert", "--model", "vit", *TINY, "--target", "onnx", "--out", str(bundle)
+    )
+    assert code == 0, err
+    recipe = str(bundle / "recipe.toml")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in [
+        (["--target", "tflite", "--out", str(tmp_path / "b2")], "error: --target cannot be given with --recipe"),
+        (["--out", str(bundle), "--force"], f"error: refusing --out {bundle}: it holds this run's input"),
+    ]:
+        code, out, err = run(monkeypatch, capsys, "convert", "--recipe", recipe, *args)
+        assert code == 2 and err.count("\n") == 1 and err.startswith(message), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (bundle / "manifest.json").is_file()
+    assert 'model = "vit"' in (bundle / "recipe.toml").read_text()
