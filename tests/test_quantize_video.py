@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from converters.bundle import read_manifest
+from converters.targets.onnx.runner import optimized_op_counts
 from edgevit.cli import main
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
@@ -20,7 +21,7 @@ from edgevit.video.calibration import record_unit_inputs
 from edgevit.video.tracker import UNIT_NAMES, Prompt
 from quant.metrics import sqnr
 from quant.plan import QuantPlan
-from tests.converters.int8_kernels import ORT_INT8_OPS, litert_gemms, onnxruntime_kernels, xnnpack_gemms
+from tests.converters.int8_kernels import ORT_INT8_OPS, litert_gemms, xnnpack_gemms
 
 SIZE = 128
 FRAMES = 6
@@ -83,7 +84,7 @@ def test_every_unit_runs_its_planned_layers_as_int8_kernels(tracking_model, int8
         kinds = Counter(lq.kind for lq in plan.layers.values())
         assert kinds["linear"] > 0 and set(kinds) <= {"linear", "conv2d"}, kinds
         if target == "onnx":
-            kernels = onnxruntime_kernels(path)
+            kernels = optimized_op_counts(path)
             assert sum(kernels[op] for op in ORT_INT8_OPS) == kinds.total(), f"{name}: {kernels}"
             assert (kernels["QGemm"], kernels["ConvInteger"]) == (kinds["linear"], kinds["conv2d"])
             assert kernels["DequantizeLinear"] == 0

@@ -20,20 +20,6 @@ ORT_INT8_OPS = ("QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger
 ORT_FLOAT_GEMMS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv", "FusedGemm")
 
 
-def onnxruntime_kernels(path: Path) -> Counter[str]:
-    """Op types of the graph onnxruntime runs after all its CPU optimisations (saved and read back with onnx)."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
-
-
 _XNN_GEMM_NODES = (
     "XNNFullyConnected",
     "XNNConv2d",

@@ -13,13 +13,13 @@ from torch import nn
 from converters import ConversionError, DeployUnit, convert, load_runner
 from converters.parity import sqnr_db
 from converters.quantized import MIN_SQNR_VS_REFERENCE_DB, convert_quantized
+from converters.targets.onnx.runner import optimized_op_counts
 from quant.fake_quant import CalibrationStats, calibrate, collect_stats
 from quant.plan import QuantPlan
 from tests.converters.int8_kernels import (
     ORT_FLOAT_GEMMS,
     ORT_INT8_OPS,
     litert_gemms,
-    onnxruntime_kernels,
     xnnpack_gemms,
 )
 from tests.quant.tiny_vit import IMAGE, TinyViT, make_tiny_vit
@@ -76,7 +76,7 @@ def test_int8_artifact_runs_agrees_and_shrinks(target, unit, plan, held_out, tmp
     assert planned == {"linear": 9, "conv2d": 1, "matmul": 2}
     if target == "onnx":
         assert vs_ref == vs_fake >= 40.0  # the plan's own qparams, run by integer kernels
-        kernels = onnxruntime_kernels(art.path)
+        kernels = optimized_op_counts(art.path)
         assert sum(kernels[op] for op in ORT_INT8_OPS) == planned.total()
         assert (kernels["QGemm"], kernels["ConvInteger"]) == (planned["linear"], planned["conv2d"])
         assert kernels["DequantizeLinear"] == 0  # nothing runs in float on dequantized weights

@@ -15,6 +15,7 @@ from benchmarks.suites.quant.flags import bits_label
 from benchmarks.suites.quant.jobs import Job, Unsupported, row
 from benchmarks.suites.quant.workspace import Workspace, open_runner, run_artifact, score
 from benchmarks.timing import interleaved, set_threads
+from converters.targets.onnx.runner import optimized_op_counts
 
 
 def deploy_jobs(ws: Workspace) -> list[Job]:
@@ -95,7 +96,7 @@ def _peer_artifacts(ws: Workspace, target: str) -> list[tuple[str, str, Callable
 
 def _ort_artifact(ws: Workspace, op_set: str) -> tuple[Path, dict[str, Any]]:
     path = ws.ort("MinMax", op_set, 8)
-    kernels = peers.ort_kernel_counts(path)
+    kernels = optimized_op_counts(path)
     int8 = ("QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearConv", "ConvInteger", "MatMulInteger")
     facts = {
         "ort_int8_kernels": {op: kernels[op] for op in int8 if kernels[op]},

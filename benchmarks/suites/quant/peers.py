@@ -114,22 +114,6 @@ def ort_static(
     return out
 
 
-def ort_kernel_counts(path: Path) -> Counter[str]:
-    """Op kinds onnxruntime runs after its own graph optimisations (where QDQ becomes int8 kernels, or not)."""
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
-
-
 def onnx_weight_bytes(path: Path) -> int:
     """Bytes of the integer weights a QDQ model stores (initializers feeding DequantizeLinear, biases excluded)."""
     import onnx

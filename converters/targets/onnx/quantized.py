@@ -10,7 +10,6 @@ quantized too (see `_conv_integer`). The reference is the plan's fake-quant mode
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from converters.artifact import TargetResult
 from converters.errors import ConversionError
 from converters.quant_lowering import FAKE_QUANT_REFERENCE, Lowering, no_options, quant_facts, quantize_array
 from converters.targets.onnx.lower import convert as lower_fp
+from converters.targets.onnx.runner import optimized_op_counts
 from converters.unit import DeployUnit
 from quant.fake_quant import apply_plan
 from quant.plan import QuantPlan
@@ -46,7 +46,7 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     ops = Counter(node.op_type for node in model.graph.node)
-    kernels = _ort_kernels(path)
+    kernels = optimized_op_counts(path)
     facts = dict(result["facts"], onnx_ops=dict(ops.most_common()), onnx_node_count=sum(ops.values()))
     facts["quant"] = quant_facts(
         plan,
@@ -231,18 +231,3 @@ def _bias_of(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any]]) 
         if len(slots) == 1:
             return add, slots[0]
     return None, -1
-
-
-def _ort_kernels(path: Path) -> Counter[str]:
-    """Op kinds onnxruntime actually runs after its graph optimisations (its fused int8 kernels show here)."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3  # the "hardware-specific optimisations" warning is expected here
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    return Counter(node.op_type for node in optimized.graph.node)

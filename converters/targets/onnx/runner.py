@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,18 @@ def _ort_spec(arg: Any) -> TensorSpec:
 def load_runner(path: Path, num_threads: int | None = None) -> OnnxRuntimeRunner:
     """onnxruntime session for `path`."""
     return OnnxRuntimeRunner(path, num_threads)
+
+
+def optimized_op_counts(path: Path) -> Counter[str]:
+    """Op kinds onnxruntime actually runs after all its CPU graph optimisations: where QDQ became int8 kernels (or
+    did not). The optimised graph is saved by onnxruntime itself and read back with onnx."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3  # the "hardware-specific optimisations" warning is expected here
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
