@@ -23,24 +23,27 @@ from converters.unit import DeployUnit
 from quant.plan import QuantPlan
 
 
-def weights_of(model: nn.Module) -> Weights:
-    """A checkpoint's sha256 if one was loaded, else what a model that ships its weights says (e.g. an import),
-    else "random"."""
-    sha256 = getattr(model, "checkpoint_sha256", None)
-    return Weights("checkpoint" if sha256 else getattr(model, "weights_source", None) or "random", sha256)
+def weights_of(model: nn.Module, checkpoint: Path | None = None) -> Weights:
+    """The sha256 of the checkpoint the model was loaded from (the caller, who loaded it, says which), else what a
+    model that ships its weights declares (e.g. an import), else "random"."""
+    if checkpoint is not None:
+        from edgevit.models.checkpoint import sha256_of
+
+        return Weights("checkpoint", sha256_of(checkpoint))
+    return Weights(getattr(model, "weights_source", None) or "random", None)
 
 
-def weights_origin(model: nn.Module) -> str:
+def weights_origin(model: nn.Module, checkpoint: Path | None = None) -> str:
     """ "checkpoint", "random", or what a model that ships its weights says about them."""
-    return weights_of(model).source
+    return "checkpoint" if checkpoint is not None else weights_of(model).source
 
 
-def header(model: nn.Module, units: Sequence[DeployUnit]) -> Header:
+def header(model: nn.Module, units: Sequence[DeployUnit], checkpoint: Path | None = None) -> Header:
     """What the manifest says about the model: its spec, config (if a dataclass), weights and deploy units."""
     cfg = getattr(model, "cfg", None)
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     info = ModelInfo.from_dict({**model.spec.to_dict(), "config": config})
-    return Header(info, weights_of(model), tuple(UnitInfo.from_unit(u) for u in units))
+    return Header(info, weights_of(model, checkpoint), tuple(UnitInfo.from_unit(u) for u in units))
 
 
 def write_bundle(
@@ -54,12 +57,14 @@ def write_bundle(
     *,
     files: Mapping[str, str] | None = None,
     units: Sequence[DeployUnit] | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Convert every deploy unit of `model` (or `units`, as passes left them) for every target into `out`;
     returns the manifest.
 
     `files` (path in the bundle → text, e.g. `recipe.toml`) are written in; `log` (the backends' output) is
-    copied in as `convert.log` before the bundle is renamed into place.
+    copied in as `convert.log` before the bundle is renamed into place; `checkpoint` is the file the model's
+    weights were loaded from (its sha256 goes into the manifest).
     """
     units = model.deploy_units() if units is None else list(units)
 
@@ -70,7 +75,7 @@ def write_bundle(
                     on_artifact(unit.name, target)
                 yield converters.convert(unit, target, precision, folder / target)
 
-    return bundle.write_bundle(out, header(model, units), lower, files=files, log=log, force=force)
+    return bundle.write_bundle(out, header(model, units, checkpoint), lower, files=files, log=log, force=force)
 
 
 @dataclasses.dataclass
@@ -94,10 +99,11 @@ def write_quant_bundle(
     *,
     files: Mapping[str, str] | None = None,
     log: Path | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Lower every planned unit for every target into `out` and return the manifest: a float bundle's, plus a
     `quant` section (`quant_info`: method, bits, budget, calibration, skipped targets) and each unit's plan file,
-    so a run can be audited or replayed on a new checkpoint; `files` and `log` as in `write_bundle`."""
+    so a run can be audited or replayed on a new checkpoint; `files`, `log` and `checkpoint` as in `write_bundle`."""
     from converters.quantized import convert_quantized
 
     plans = {q.unit.name: f"quant/{q.unit.name}.plan.json" for q in units}
@@ -115,7 +121,13 @@ def write_quant_bundle(
 
     files = {**(files or {}), **{plans[q.unit.name]: q.plan.to_json() + "\n" for q in units}}
     return bundle.write_bundle(
-        out, header(model, [q.unit for q in units]), lower, quant=section, files=files, log=log, force=force
+        out,
+        header(model, [q.unit for q in units], checkpoint),
+        lower,
+        quant=section,
+        files=files,
+        log=log,
+        force=force,
     )
 
 

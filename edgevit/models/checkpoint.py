@@ -69,4 +69,3 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             f"e.g. {k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)} — pick the matching variant"
         )
     model.load_state_dict(sd, strict=True)
-    model.checkpoint_sha256 = sha256_of(path)

@@ -100,7 +100,7 @@ def run(recipe: Recipe, *, out: Path, force: bool = False, progress: Progress | 
     progress = progress or Progress()
     checked = _claim(recipe, out, force, progress)
     model = build_model(recipe)
-    progress.weights(weights_origin(model))
+    progress.weights(weights_origin(model, recipe.checkpoint))
     return _execute(model, checked, out, force, progress)
 
 
@@ -153,10 +153,15 @@ def _execute(model: nn.Module, checked: Checked, out: Path, force: bool, progres
     plans = {name: plan for record in records for name, plan in record.plans.items()}
     with progress.lowering(total) as log:
         if not plans:
-            return write_bundle(model, targets, recipe.precision, out, force, step, log, files=files, units=units)
+            return write_bundle(
+                model, targets, recipe.precision, out, force, step, log,
+                files=files, units=units, checkpoint=recipe.checkpoint,
+            )  # fmt: skip
         info = {**next(r.info for r in records if r.plans), "skipped_targets": checked.skipped}
         planned = [QuantizedUnit(u, plans[u.name], data.batches[u.name].held_out) for u in units]
-        return write_quant_bundle(model, planned, targets, out, info, force, step, files=files, log=log)
+        return write_quant_bundle(
+            model, planned, targets, out, info, force, step, files=files, log=log, checkpoint=recipe.checkpoint
+        )
 
 
 def _unit_data(model: nn.Module, source: str):

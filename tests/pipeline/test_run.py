@@ -52,3 +52,31 @@ def test_flags_beside_a_recipe_and_replacing_its_folder_are_refused(monkeypatch,
         assert code == 2 and err.count("\n") == 1 and err.startswith(message), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (bundle / "manifest.json").is_file()
     assert 'model = "vit"' in (bundle / "recipe.toml").read_text()
+
+
+def test_a_checkpoint_is_recorded_by_its_sha256(monkeypatch, capsys, tmp_path) -> None:
+    """The pipeline, which loads the checkpoint, records its digest (nothing is stuck on the model); the recipe
+    names the file, so a rebuild loads the same weights."""
+    import hashlib
+
+    import torch
+
+    from edgevit.models import create
+
+    weights = tmp_path / "vit.pt"
+    torch.manual_seed(3)
+    torch.save({"model": create("vit_ti16_224", depth=2, img_size=64, num_classes=10).state_dict()}, weights)
+    out = tmp_path / "b"
+    args = ["--model", "vit", "--variant", "ti16_224", *TINY, "--checkpoint", str(weights), "--target", "onnx"]
+    code, _, err = run(monkeypatch, capsys, "convert", *args, "--out", str(out))
+    assert code == 0, err
+    assert "RANDOM" not in err
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert manifest(out)["weights"] == {"source": "checkpoint", "checkpoint_sha256": digest}
+    assert f'checkpoint = "{weights}"' in (out / "recipe.toml").read_text()
+    random = tmp_path / "r"
+    code, _, err = run(
+        monkeypatch, capsys, "convert", "--model", "vit", *TINY, "--target", "onnx", "--out", str(random)
+    )
+    assert code == 0, err
+    assert manifest(random)["weights"] == {"source": "random", "checkpoint_sha256": None}

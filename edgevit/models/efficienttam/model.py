@@ -47,7 +47,6 @@ class EfficientTAM(nn.Module):
         self.obj_ptr_proj = MLP(cfg.d_model, cfg.d_model, cfg.d_model, 3)
         for p in (self.maskmem_tpos_enc, self.no_mem_embed, self.no_mem_pos_enc, self.no_obj_ptr):
             trunc_normal_(p, std=0.02)
-        self.checkpoint_sha256: str | None = None
 
     def deploy_units(self) -> list[DeployUnit]:
         from edgevit.models.efficienttam.units import build_units

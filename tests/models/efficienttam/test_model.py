@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
+from converters.bundle import Weights
+from edgevit.bundle import weights_of
 from edgevit.errors import EdgevitError
 from edgevit.models import create
 from tests.models.efficienttam.reference import build_reference
@@ -33,7 +37,10 @@ def test_official_checkpoint_loads_strictly(reference, official_checkpoint):
     ours = create("efficienttam_ti", checkpoint=official_checkpoint, image_size=256)
     for k, v in reference.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k
-    assert ours.checkpoint_sha256 and len(ours.checkpoint_sha256) == 64
+    # the manifest's record of the weights: the loaded file's sha256, said by whoever loaded it
+    assert weights_of(ours, official_checkpoint) == Weights(
+        "checkpoint", hashlib.sha256(official_checkpoint.read_bytes()).hexdigest()
+    )
     # the precomputed position embedding follows the loaded weights (official: bicubic resize per call)
     from sam2.modeling.backbones.utils import get_abs_pos
 
