@@ -320,11 +320,7 @@ def _umask() -> int:
 
 
 def _make_tmp_dir(out: Path) -> Path:
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
-    marker = {
+    marker = {  # made before the folder exists: nothing slow runs while a half-made temporary could be left
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "edgevit": _version(),
@@ -332,11 +328,18 @@ def _make_tmp_dir(out: Path) -> Path:
         "host": socket.gethostname(),
     }
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
+    try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an output gets the user's normal permissions
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BundleError(f"cannot write into {out.parent}: {exc.strerror}; choose a writable --out") from None
+    except BaseException:  # Ctrl-C between mkdtemp and here: the caller never sees `tmp`, so remove it now
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 
