@@ -1,5 +1,5 @@
-"""The manifest dataclasses and the published JSON Schema say the same thing, and the one writer writes what the
-reader accepts: strict JSON (non-finite floats as strings), validated, renamed into place whole or not at all."""
+"""The published JSON Schema is what the generator makes of the manifest dataclasses, and the one writer writes what
+the reader accepts: strict JSON (non-finite floats as strings), validated, renamed into place whole or not at all."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 import jsonschema
 import pytest
@@ -31,24 +32,30 @@ from converters.bundle import (
     write_bundle,
     write_manifest,
 )
+from converters.bundle.schema_gen import SchemaBuilder, render
+from converters.bundle.schema_types import EfficientTAMConfig, Keywords, about
 
-# Each closed object of the schema (JSON pointer) and the dataclass that holds it.
-CLOSED = {
-    "": Manifest,
-    "/$defs/model": ModelInfo,
-    "/properties/weights": Weights,
-    "/properties/machine": Machine,
-    "/$defs/unit": UnitInfo,
-    "/$defs/tensor": TensorSpec,
-    "/$defs/artifact": ArtifactEntry,
-    "/$defs/parity/additionalProperties": OutputParity,
-    "/$defs/quant": QuantSection,
-    "/$defs/quant/properties/units/additionalProperties": QuantUnit,
+# The $defs name of every closed object below the root (the root is Manifest).
+DEFS = {
+    ModelInfo: "model",
+    EfficientTAMConfig: "efficienttam_config",
+    Weights: "weights",
+    Machine: "machine",
+    UnitInfo: "unit",
+    TensorSpec: "tensor",
+    ArtifactEntry: "artifact",
+    OutputParity: "output_parity",
+    QuantSection: "quant",
+    QuantUnit: "quant_unit",
 }
 # Properties a manifest may lack: the quant section (float bundles) and the model's loop (older bundles).
-OPTIONAL = {"": {"quant"}, "/$defs/model": {"loop"}}
-# Closed in the schema but open per model in the dataclasses (ModelInfo.config is a dict).
-MODEL_SPECIFIC = {"/$defs/efficienttam_config"}
+OPTIONAL = {Manifest: ["quant"], ModelInfo: ["loop"]}
+
+
+def test_the_published_schema_is_the_generators_output():
+    published = resources.files("converters.bundle").joinpath("bundle.v1.schema.json").read_bytes()
+    assert published == render().encode(), "run `python -m converters.bundle.schema_gen` and commit the schema"
+    jsonschema.Draft202012Validator.check_schema(json.loads(published))
 
 
 def closed_objects(node: object, pointer: str = "") -> set[str]:
@@ -64,20 +71,73 @@ def closed_objects(node: object, pointer: str = "") -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("pointer", sorted(CLOSED))
-def test_every_field_is_a_schema_property_and_every_required_property_a_field(pointer):
-    node = schema()
-    for part in filter(None, pointer.split("/")):
-        node = node[part]
-    names = {f.name for f in dataclasses.fields(CLOSED[pointer])}
-    assert names == set(node["properties"]), CLOSED[pointer].__name__
-    assert set(node.get("required", ())) <= names
-    optional = names - set(node.get("required", ()))
-    assert optional == OPTIONAL.get(pointer, set())
+def test_every_closed_schema_object_is_a_dataclass():
+    assert closed_objects(schema()) == {""} | {f"/$defs/{name}" for name in DEFS.values()}
 
 
-def test_every_closed_schema_object_has_a_dataclass():
-    assert closed_objects(schema()) == set(CLOSED) | MODEL_SPECIFIC
+@pytest.mark.parametrize("cls", [Manifest, *DEFS], ids=lambda cls: cls.__name__)
+def test_each_dataclass_is_a_closed_object_of_its_fields_in_order(cls):
+    node = schema() if cls is Manifest else schema()["$defs"][DEFS[cls]]
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert node["additionalProperties"] is False and list(node["properties"]) == names
+    assert [n for n in names if n not in node["required"]] == OPTIONAL.get(cls, [])
+
+
+Tag = Annotated[str, Keywords({"$def": "tag", "maxLength": 8})]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyInner:
+    tag: Tag
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyOuter:
+    __schema__: ClassVar[dict[str, Any]] = {"$def": "outer", "not": {"required": ["inner", "count"]}}
+
+    inner: ToyInner | None = about(absent_if_none=True)
+    count: int | None
+    tags: dict[Literal["a", "b"], Tag] = about("Tags by letter.", minProperties=1)
+    pair: tuple[Annotated[int, Keywords(minimum=0)], str]
+    sizes: list[float]
+    extra: dict[str, Any] | None
+    mode: Literal["x"] = about(default="x")
+
+
+def test_annotations_and_their_metadata_become_closed_objects_and_refs():
+    builder = SchemaBuilder()
+    assert builder.dataclass(ToyOuter) == "outer"
+    tag = {"$ref": "#/$defs/tag"}
+    assert builder.defs == {
+        "tag": {"type": "string", "maxLength": 8},
+        "toy_inner": {"type": "object", "required": ["tag"], "additionalProperties": False, "properties": {"tag": tag}},
+        "outer": {
+            "type": "object",
+            "required": ["count", "tags", "pair", "sizes", "extra"],
+            "additionalProperties": False,
+            "properties": {
+                "inner": {"$ref": "#/$defs/toy_inner"},  # written by omission: no null
+                "count": {"type": ["integer", "null"]},
+                "tags": {
+                    "description": "Tags by letter.",
+                    "type": "object",
+                    "propertyNames": {"enum": ["a", "b"]},
+                    "additionalProperties": tag,
+                    "minProperties": 1,
+                },
+                "pair": {
+                    "type": "array",
+                    "prefixItems": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+                "sizes": {"type": "array", "items": {"type": "number"}},
+                "extra": {"type": ["object", "null"]},
+                "mode": {"const": "x"},
+            },
+            "not": {"required": ["inner", "count"]},
+        },
+    }
 
 
 def tiny_header() -> Header:

@@ -1,10 +1,12 @@
-"""The manifest's shape: one frozen dataclass per closed object of the published schema (`bundle.v1.schema.json`,
-kept in agreement by tests/test_bundle_manifest.py).
+"""The manifest's shape: one frozen dataclass per closed object of the published schema, which is generated from
+them (`python -m converters.bundle.schema_gen` writes `bundle.v1.schema.json`; a test checks it is up to date).
 
-`to_dict` gives plain JSON types in the schema's key order; `from_dict` takes what `to_dict` or a validated
-manifest gives. Objects the schema leaves open (model config, versions, notes, facts, the quant section's
-calibration, summary and metadata) stay dicts. Only the caller knows the model, so it passes a `Header`; the
-writer adds the rest (schema, time, versions, machine) and the artifacts.
+Annotations give the schema's types; what they cannot say rides along (see `schema_types`): shared types in
+`Annotated`, a field's description and keywords in its metadata (`about`), rules across fields in a class's
+`__schema__`. `to_dict` gives plain JSON types in the schema's key order; `from_dict` takes what `to_dict` or a
+validated manifest gives. Objects the schema leaves open (model config, versions, notes, facts, the quant section's
+calibration, summary and metadata) stay dicts. Only the caller knows the model, so it passes a `Header`; the writer
+adds the rest (schema, time, versions, machine) and the artifacts.
 """
 
 from __future__ import annotations
@@ -15,11 +17,23 @@ import platform
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from converters.artifact import Artifact, OutputParity, TensorSpec
+from converters.bundle.schema_types import (
+    Count,
+    EfficientTAMConfig,
+    Name,
+    Parity,
+    Positive,
+    RelPath,
+    Sha256,
+    Target,
+    Text,
+    about,
+)
 from converters.unit import DeployUnit
 
 SCHEMA = "edgevit.bundle"
@@ -53,7 +67,11 @@ class _Record:
     """`to_dict` of a manifest dataclass: its fields in order, nested records and tuples made plain JSON."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if not (f.metadata.get("absent_if_none") and getattr(self, f.name) is None)
+        }
 
 
 def _tensor(d: dict[str, Any]) -> TensorSpec:
@@ -64,17 +82,27 @@ def _tensor(d: dict[str, Any]) -> TensorSpec:
 class ModelInfo(_Record):
     """What an app must know about the model without importing it: input size, preprocessing, task, config."""
 
-    name: str
-    variant: str
-    input_size: tuple[int, int]  # (height, width) of the image input
-    task: str
+    __schema__: ClassVar[dict[str, Any]] = {
+        "$def": "model",
+        "if": {"properties": {"name": {"const": "efficienttam"}}, "required": ["name"]},
+        "then": {"properties": {"config": EfficientTAMConfig}},
+    }
+
+    name: Name
+    variant: Name
+    input_size: tuple[Count, Count] = about("[height, width] of the image input.")
+    task: Name
     mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    layout: str
-    config: dict[str, Any] | None  # the variant's hyper-parameters, or None
-    # How the units are driven: "single" (one call per image) or "video" (a loop carrying memory between frames).
-    # Optional in the schema: bundles written before it existed are "single" ones or EfficientTAM's.
-    loop: str = "single"
+    std: tuple[Positive, Positive, Positive]
+    layout: Text
+    config: dict[str, Any] | None = about(
+        "The variant's hyper-parameters (open per model; EfficientTAM's are fixed below), or null."
+    )
+    loop: Literal["single", "video"] = about(
+        "How the units are driven: single (one call per image) or video (a loop carrying memory between frames). "
+        "Optional: absent in bundles written before it existed.",
+        default="single",
+    )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
@@ -88,8 +116,8 @@ class ModelInfo(_Record):
 class Weights(_Record):
     """Where the weights came from: "checkpoint" (with its sha256), "random", or what the model says."""
 
-    source: str
-    checkpoint_sha256: str | None
+    source: Text = about('"checkpoint", "random", or what a model that ships its weights says about them.')
+    checkpoint_sha256: Sha256 | None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Weights:
@@ -100,8 +128,8 @@ class Weights(_Record):
 class Machine(_Record):
     """The converting machine."""
 
-    system: str
-    machine: str
+    system: Text
+    machine: Text
 
     @classmethod
     def here(cls) -> Machine:
@@ -116,11 +144,16 @@ class Machine(_Record):
 class UnitInfo(_Record):
     """A deploy unit as PyTorch had it (artifacts record the same I/O as their runtime reads it back)."""
 
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[str, ...]
-    image_inputs: tuple[str, ...]
-    notes: dict[str, str]
+    __schema__: ClassVar[dict[str, Any]] = {
+        "$def": "unit",
+        "description": "A deploy unit as PyTorch had it; artifacts record the same I/O as their runtime reads it back.",
+    }
+
+    name: Name
+    inputs: tuple[TensorSpec, ...] = about(minItems=1)
+    outputs: tuple[Name, ...] = about(minItems=1)
+    image_inputs: tuple[Name, ...] = about("Inputs a target may take as an image (Core ML ImageType).")
+    notes: dict[str, Text] = about("How to fill inputs, by input name (open).")
 
     @classmethod
     def from_unit(cls, unit: DeployUnit) -> UnitInfo:
@@ -136,25 +169,59 @@ class UnitInfo(_Record):
         return cls(d["name"], inputs, tuple(d["outputs"]), tuple(d["image_inputs"]), dict(d["notes"]))
 
 
+# The file each target writes, by the end of its path.
+_SUFFIXES = {
+    "onnx": (r"\.onnx$", "a .onnx file"),
+    "executorch": (r"\.pte$", "a .pte file"),
+    "tflite": (r"\.tflite$", "a .tflite file"),
+    "coreml": (r"\.(mlpackage|mlmodel)$", "a .mlpackage or .mlmodel"),
+}
+
+
 @dataclass(frozen=True)
 class ArtifactEntry(_Record):
     """One converted unit for one target, its path relative to the bundle. Exactly one of `parity` and
     `parity_note` is set (figures where the artifact ran here, else why it could not)."""
 
-    target: str
-    unit: str
-    path: str
-    precision: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    size_bytes: int
-    sha256: str
-    versions: dict[str, str]
-    conversion_seconds: float
-    parity: dict[str, OutputParity] | None
-    parity_note: str | None
+    __schema__: ClassVar[dict[str, Any]] = {
+        "$def": "artifact",
+        "description": "One converted unit for one target. Exactly one of parity and parity_note is set.",
+        "allOf": [
+            {
+                "if": {"properties": {"parity": {"type": "null"}}},
+                "then": {"properties": {"parity_note": {"type": "string", "minLength": 1}}},
+                "else": {"properties": {"parity_note": {"type": "null"}}},
+            },
+            *(
+                {
+                    "if": {"properties": {"target": {"const": target}}},
+                    "then": {"properties": {"path": {"pattern": pattern, "errorMessage": (
+                        f"must be a relative path inside the bundle to {what} ({target} target)"
+                    )}}},
+                }
+                for target, (pattern, what) in _SUFFIXES.items()
+            ),
+        ],
+    }  # fmt: skip
+
+    target: Target
+    unit: Name
+    path: RelPath
+    precision: str = about(
+        "fp32, fp16, int8 (all-8-bit plan), or w<weight bits joined by '-'>a<activation bits>, e.g. w8a8, w4-8a8.",
+        pattern="^(fp32|fp16|int8|w[0-9]{1,2}(-[0-9]{1,2})*a[0-9]{1,2})$",
+        errorMessage="must be fp32, fp16, int8 or w<bits>a<bits> (e.g. w8a8, w4-8a8)",
+    )
+    inputs: tuple[TensorSpec, ...] = about(minItems=1)
+    outputs: tuple[TensorSpec, ...] = about(minItems=1)
+    size_bytes: int = about("Bytes of the file, or of every file of a package.", minimum=1)
+    sha256: Sha256
+    versions: dict[str, Text]
+    conversion_seconds: float = about(minimum=0)
+    parity: Parity | None
+    parity_note: Text | None
     min_sqnr_db: float | None
-    facts: dict[str, Any]
+    facts: dict[str, Any] = about("Backend findings (open).")
 
     @classmethod
     def from_artifact(cls, art: Artifact, bundle: Path) -> ArtifactEntry:
@@ -178,7 +245,7 @@ class ArtifactEntry(_Record):
 class QuantUnit(_Record):
     """One unit's quantization: where its `QuantPlan` JSON lies in the bundle, the plan's summary and metadata."""
 
-    plan: str
+    plan: RelPath
     summary: dict[str, Any]
     metadata: dict[str, Any]
 
@@ -192,12 +259,23 @@ class QuantSection(_Record):
     """How a quantized bundle's numbers were made (absent from float bundles), so a run can be audited or
     replayed on a new checkpoint."""
 
-    method: str
-    bits: str
-    budget_mb: float | None
-    calibration: dict[str, Any]  # its source and how much of it was used
-    skipped_targets: dict[str, str]  # targets asked for but not written, with the reason
-    units: dict[str, QuantUnit]
+    __schema__: ClassVar[dict[str, Any]] = {
+        "$def": "quant",
+        "description": "How a quantized bundle's numbers were made; present only in quantized bundles.",
+    }
+
+    method: Literal["ptq", "qhyvit", "mptq"]
+    bits: Literal["8", "6", "4", "mixed"]
+    budget_mb: Positive | None
+    calibration: dict[str, Any] = about(
+        "The calibration data: its source and how much of it was used (open).",
+        required=["source"],
+        properties={"source": Text},
+    )
+    skipped_targets: dict[Target, Text] = about("Targets asked for but not written, with the reason.")
+    units: dict[str, QuantUnit] = about(
+        "Per unit name: its QuantPlan JSON, the plan's summary and metadata.", minProperties=1
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(super().to_dict())
@@ -221,16 +299,35 @@ class Header:
 class Manifest(_Record):
     """`manifest.json`: the contract between the converter and the apps/runners that load the artifacts."""
 
-    schema: str
-    schema_version: int
-    created: str  # UTC, RFC 3339
+    __schema__: ClassVar[dict[str, Any]] = {
+        "$id": "https://edgevit.dev/schemas/bundle.v1.schema.json",
+        "title": "edgevit bundle manifest, schema_version 1",
+        "description": (
+            "manifest.json of an edgevit bundle: the contract between the converter and the apps/runners that load "
+            "its artifacts. Readers refuse a schema_version newer than the one they know. Keys marked open (facts, "
+            "versions, notes, quant metadata) may gain entries within version 1; every other object is closed. "
+            'Non-finite floats are the strings "inf", "-inf", "nan" (strict JSON).'
+        ),
+    }
+
+    schema: Literal["edgevit.bundle"]
+    schema_version: Literal[1]
+    created: str = about(
+        "UTC time the bundle was written (RFC 3339).",
+        format="date-time",
+        pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$",
+        errorMessage="must be an RFC 3339 date-time such as 2025-01-31T12:00:00+00:00",
+    )
     model: ModelInfo
     weights: Weights
-    versions: dict[str, str]  # of the converting environment
+    versions: dict[str, Text] = about(
+        "Versions of the converting environment (open: more packages may be listed).", required=["torch", "python"]
+    )
     machine: Machine
-    units: tuple[UnitInfo, ...]
-    quant: QuantSection | None
-    artifacts: tuple[ArtifactEntry, ...]
+    units: tuple[UnitInfo, ...] = about(minItems=1)
+    # A float bundle has no quant section (the schema has no null one).
+    quant: QuantSection | None = about(absent_if_none=True)
+    artifacts: tuple[ArtifactEntry, ...] = about(minItems=1)
 
     @classmethod
     def new(cls, header: Header, artifacts: Iterable[ArtifactEntry], quant: QuantSection | None = None) -> Manifest:
@@ -247,13 +344,6 @@ class Manifest(_Record):
             quant,
             tuple(artifacts),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The schema has no null quant section: a float bundle has none."""
-        d = super().to_dict()
-        if self.quant is None:
-            del d["quant"]
-        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
