@@ -17,6 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from converters.artifact import Artifact, OutputParity, TargetResult, size_and_sha256
 from converters.errors import ConversionError, RuntimeUnavailableError
 from converters.parity import MIN_SQNR_DB, check_parity
@@ -177,11 +180,52 @@ def check_unit(unit: DeployUnit) -> None:
 
     A unit in training mode would convert dropout/batch-norm updates and make eager parity meaningless.
     """
-    if unit.module.training:
+    if _in_training_mode(unit.module):
         raise ConversionError(f"unit {unit.name!r} is in training mode; call .eval() on its module first")
     names = (*unit.input_names, *unit.output_names)
     if len(set(names)) != len(names) or not all(names):
         raise ConversionError(f"unit {unit.name!r}: input/output names must be unique and non-empty: {names}")
+
+
+def _in_training_mode(module: nn.Module) -> bool:
+    """Whether `module` runs train-mode behaviour. An exported graph (PT2E's, `torch.export`'s `.module()`) fixed
+    that behaviour at export and its `.training` flag stays True whatever `.eval()` does, so its ops are read
+    instead: a train-mode op (an op with a true `train`/`training` argument), a submodule in training mode, or
+    a Python-level call that cannot be read counts as training."""
+    if not module.training:
+        return False
+    if not isinstance(module, torch.fx.GraphModule):
+        return True
+    for graph in (m for m in module.modules() if isinstance(m, torch.fx.GraphModule)):  # control flow's subgraphs too
+        for node in graph.graph.nodes:
+            if node.op == "call_module" and _module_trains(graph.get_submodule(node.target)):
+                return True
+            if node.op == "call_function" and _trains(node):
+                return True
+    return False
+
+
+def _module_trains(module: nn.Module) -> bool:
+    """A module a graph calls: subgraphs are read on their own, and export's own helpers (its input-guard check)
+    have no train-mode behaviour whatever their flag says."""
+    if isinstance(module, torch.fx.GraphModule) or type(module).__module__.startswith("torch.export."):
+        return False
+    return _in_training_mode(module)
+
+
+def _trains(node: torch.fx.Node) -> bool:
+    target = node.target
+    if isinstance(target, torch._ops.HigherOrderOperator) or getattr(target, "__module__", None) == "_operator":
+        return False  # control flow (its subgraphs are read on their own) or getitem
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return True
+    for i, arg in enumerate(schema.arguments):
+        if arg.name in ("train", "training"):
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name, arg.default_value)
+            if value is not False:
+                return True
+    return False
 
 
 def _run_target(info: TargetInfo, unit: DeployUnit, precision: str, tmp: Path) -> TargetResult:

@@ -102,6 +102,23 @@ def layer_inputs(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, .
     return (module.smooth(x),) if isinstance(module, SmoothedLinear) else (x,)
 
 
+def layer_forward(module: nn.Module, kind: LayerKind, inputs: Sequence[Tensor], weight: Tensor | None) -> Tensor:
+    """The op of a quantizable layer on given (possibly fake-quantized) inputs and weight.
+
+    A conv runs its own `forward` with `weight` in place of its parameter: a Conv2d subclass that pads inside
+    its forward (EfficientNet's and timm's static "same"-padding convs) keeps its padding, which calling
+    `_conv_forward` skipped (the output came out smaller, so the fake-quant model did not run). A plain
+    nn.Conv2d takes `_conv_forward` directly, which already applies string padding and `padding_mode`.
+    """
+    if kind == "matmul":
+        return torch.matmul(inputs[0], inputs[1])
+    if kind == "linear":
+        return F.linear(inputs[0], weight, module.bias)
+    if type(module).forward is nn.Conv2d.forward:
+        return module._conv_forward(inputs[0], weight, module.bias)
+    return torch.func.functional_call(module, {"weight": weight}, (inputs[0],))
+
+
 def run_batch(model: nn.Module, batch: Batch) -> Tensor | tuple | dict:
     """Call `model` on a batch given as a tensor or a sequence of positional tensors."""
     return model(batch) if isinstance(batch, Tensor) else model(*batch)
@@ -326,11 +343,7 @@ class FakeQuantLayer(nn.Module):
 
     def forward(self, *args: Tensor) -> Tensor:
         inputs = [fq(t) for fq, t in zip(self.input_quant, layer_inputs(self.inner, args), strict=True)]
-        if self.kind == "matmul":
-            return torch.matmul(inputs[0], inputs[1])
-        if self.kind == "linear":
-            return F.linear(inputs[0], self.weight_q, self.inner.bias)
-        return self.inner._conv_forward(inputs[0], self.weight_q, self.inner.bias)
+        return layer_forward(self.inner, self.kind, inputs, self.weight_q)
 
 
 def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from quant.errors import QuantError
+from quant.fake_quant import layer_forward
 from quant.observers import MIN_SCALE, fake_quantize, qparams_from_range, quant_range
 from quant.output_hessian import LayerData
 from quant.plan import Granularity, LayerKind, TensorQParams
@@ -102,15 +102,6 @@ class TensorQuantizer:
             observer=self.label,
             ch_axis=self.ch_axis,
         )
-
-
-def layer_forward(module: nn.Module, kind: LayerKind, inputs: Sequence[Tensor], weight: Tensor | None) -> Tensor:
-    """The op of a quantizable layer on given (possibly fake-quantized) inputs and weight."""
-    if kind == "matmul":
-        return torch.matmul(inputs[0], inputs[1])
-    if kind == "linear":
-        return F.linear(inputs[0], weight, module.bias)
-    return module._conv_forward(inputs[0], weight, module.bias)
 
 
 def _out_channel_dim(kind: LayerKind) -> int:

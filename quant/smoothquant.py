@@ -10,8 +10,14 @@ a per-tensor activation quantizer spends its levels on them. Per input channel j
 an identity in fp32. (x - z)/s is folded into the preceding LayerNorm's affine parameters where that
 LayerNorm feeds only Linears (all consumers then share s and z); elsewhere an explicit float per-channel
 op (`ChannelAffine`) is inserted before the Linear. OPT-m picks α per LayerNorm group / Linear on a grid
-(plus "no smoothing") minimising the quantized layer-output error on calibration data, so SQ-b never
-makes a layer worse than plain PTQ under the same quantizer.
+(plus "no smoothing") minimising the quantized layer-output error, so SQ-b never makes a layer worse than
+plain PTQ under the same quantizer.
+
+The α candidates are scored on held-out calibration batches (`holdout_split`), with ranges and factors
+from the rest: scored on the rows that set the ranges, a strong α equalises every channel to exactly the
+range it saw and wins there, then clips what new data puts outside it (measured on vit_distilled W8A8:
+49.2 dB on calibration, 29.4 dB held out, below plain PTQ's 47.5). The chosen α is then applied with the
+ranges of every calibration batch.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from quant.observers import (
 from quant.plan import Smoothing
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(i / 10 for i in range(11))
+HOLDOUT_EVERY = 4  # every 4th calibration batch scores the α candidates
 _EPS = 1e-5
 EXPLICIT = "explicit"
 
@@ -173,6 +180,35 @@ def _collect_input_stats(
     return found
 
 
+def holdout_split(batches: Sequence[Batch]) -> tuple[list[Batch], list[Batch]]:
+    """(fit, held out): every `HOLDOUT_EVERY`-th batch held out (the last one when there are fewer), so
+    the split is the same on every run and spread over the data's order."""
+    if len(batches) < 2:
+        raise QuantError(f"SQ-b needs at least 2 calibration batches to choose α on held-out data, got {len(batches)}")
+    held = {i for i in range(len(batches)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1} or {len(batches) - 1}
+    return [b for i, b in enumerate(batches) if i not in held], [b for i, b in enumerate(batches) if i in held]
+
+
+def _merged(a: _InputStats, b: _InputStats) -> _InputStats:
+    """The ranges of both (the rows of `a`): what the chosen α is applied with."""
+    return _InputStats(torch.minimum(a.min_val, b.min_val), torch.maximum(a.max_val, b.max_val), a.rows, a.keys)
+
+
+def _choose_alpha(
+    fit: _InputStats, held: _InputStats, weights: Sequence[Tensor], alphas: Sequence[float], bits: tuple[int, int]
+) -> float | None:
+    """The α whose smoothing, fitted on `fit`, gives the lowest quantized error on `held`'s rows; None where no
+    α beats leaving the layer alone."""
+    scored = _InputStats(fit.min_val, fit.max_val, held.rows, held.keys)  # fit's ranges, held-out rows
+    identity = torch.ones_like(fit.min_val), torch.zeros_like(fit.min_val)
+    best_alpha, best_err = None, quantized_output_error(scored, weights, *identity, *bits)
+    for alpha in alphas:
+        err = quantized_output_error(scored, weights, *smoothing_factors(fit, weights, alpha), *bits)
+        if err < best_err:
+            best_alpha, best_err = alpha, err
+    return best_alpha
+
+
 def _check_targets(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
     kinds = quantizable_layers(model)
     names = [n for n, k in kinds.items() if k == "linear"] if layers is None else list(layers)
@@ -209,34 +245,27 @@ def smooth_quant_(
     try:
         names = _check_targets(model, layers)
         reference = model_outputs(model, batches[:1])
-        stats = _collect_input_stats(model, batches, names, max_rows, progress)
-        feeds = layernorm_feeds(model, batches[0], [n for n in names if n in stats])
+        fit_batches, held_batches = holdout_split(batches)
+        fit = _collect_input_stats(model, fit_batches, names, max_rows, progress)
+        held = _collect_input_stats(model, held_batches, names, max_rows, progress)
+        feeds = layernorm_feeds(model, batches[0], [n for n in names if n in fit])
         groups: dict[str, list[str]] = defaultdict(list)
         for name in names:
-            if name in stats:
+            if name in fit and name in held:
                 groups[feeds.get(name, name)].append(name)
 
         records: dict[str, Smoothing] = {}
         for key, members in track(list(groups.items()), description="OPT-m", transient=True, disable=not progress):
             weights = [model.get_submodule(m).weight for m in members]
-            group_stats = stats[members[0]]
-            identity = torch.ones_like(group_stats.min_val), torch.zeros_like(group_stats.min_val)
-            best_alpha, best = None, identity
-            best_err = quantized_output_error(group_stats, weights, *identity, weight_bits, act_bits)
-            for alpha in alphas:
-                scale, shift = smoothing_factors(group_stats, weights, alpha)
-                err = quantized_output_error(group_stats, weights, scale, shift, weight_bits, act_bits)
-                if err < best_err:
-                    best_alpha, best, best_err = alpha, (scale, shift), err
-            if best_alpha is None:
+            first = members[0]
+            alpha = _choose_alpha(fit[first], held[first], weights, alphas, (weight_bits, act_bits))
+            if alpha is None:
                 continue
+            scale, shift = smoothing_factors(_merged(fit[first], held[first]), weights, alpha)
             folded_into = key if key in feeds.values() else EXPLICIT
             for member in members:
                 records[member] = Smoothing(
-                    alpha=best_alpha,
-                    scale=best[0].tolist(),
-                    shift=best[1].tolist(),
-                    folded_into=folded_into,
+                    alpha=alpha, scale=scale.tolist(), shift=shift.tolist(), folded_into=folded_into
                 )
         apply_smoothing_(model, records)
         _check_identity(reference, model_outputs(model, batches[:1]))

