@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 
 from converters.bundle import BundleError, Manifest, read_manifest, schema, write_manifest
 from edgevit.bundle import write_bundle
-from edgevit.cli import main
 from edgevit.models import create
+from tests.test_cli import run  # given capfd, a runtime's C++ logging on stderr counts too
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +37,6 @@ def vit_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vit") / "bundle"
     write_bundle(create("vit_ti16_224", depth=2, img_size=64, num_classes=10), ("onnx",), None, out)
     return out
-
-
-def run(monkeypatch, capfd, *args: str) -> tuple[int, str, str]:
-    """The CLI in-process; stderr is captured at the file descriptor, so a runtime's C++ logging counts too."""
-    monkeypatch.setattr(sys, "argv", ["edgevit", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:

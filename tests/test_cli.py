@@ -12,6 +12,7 @@ from edgevit.cli import main
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process: (exit code, stdout, stderr) as `capsys` (or `capfd`, at the file descriptor) saw them."""
     monkeypatch.setattr(sys, "argv", ["edgevit", *args])
     try:
         main()
