@@ -18,7 +18,7 @@ from torch import nn
 
 import converters
 from converters import bundle
-from converters.bundle import Header, ModelInfo, QuantSection, QuantUnit, UnitInfo, Weights, safe_text
+from converters.bundle import Header, ModelInfo, PassEntry, QuantSection, QuantUnit, UnitInfo, Weights, safe_text
 from converters.unit import DeployUnit
 from quant.plan import QuantPlan
 
@@ -38,12 +38,18 @@ def weights_origin(model: nn.Module, checkpoint: Path | None = None) -> str:
     return "checkpoint" if checkpoint is not None else weights_of(model).source
 
 
-def header(model: nn.Module, units: Sequence[DeployUnit], checkpoint: Path | None = None) -> Header:
-    """What the manifest says about the model: its spec, config (if a dataclass), weights and deploy units."""
+def header(
+    model: nn.Module,
+    units: Sequence[DeployUnit],
+    checkpoint: Path | None = None,
+    passes: Sequence[PassEntry] = (),
+) -> Header:
+    """What the manifest says about the model: its spec, config (if a dataclass, as built: a pass that changed the
+    units says how in `passes`), weights, deploy units and the passes applied to them."""
     cfg = getattr(model, "cfg", None)
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
     info = ModelInfo.from_dict({**model.spec.to_dict(), "config": config})
-    return Header(info, weights_of(model, checkpoint), tuple(UnitInfo.from_unit(u) for u in units))
+    return Header(info, weights_of(model, checkpoint), tuple(UnitInfo.from_unit(u) for u in units), tuple(passes))
 
 
 def write_bundle(
@@ -58,13 +64,14 @@ def write_bundle(
     files: Mapping[str, str] | None = None,
     units: Sequence[DeployUnit] | None = None,
     checkpoint: Path | None = None,
+    passes: Sequence[PassEntry] = (),
 ) -> dict[str, Any]:
     """Convert every deploy unit of `model` (or `units`, as passes left them) for every target into `out`;
     returns the manifest.
 
     `files` (path in the bundle → text, e.g. `recipe.toml`) are written in; `log` (the backends' output) is
     copied in as `convert.log` before the bundle is renamed into place; `checkpoint` is the file the model's
-    weights were loaded from (its sha256 goes into the manifest).
+    weights were loaded from (its sha256 goes into the manifest); `passes` what was done to the units.
     """
     units = model.deploy_units() if units is None else list(units)
 
@@ -75,7 +82,8 @@ def write_bundle(
                     on_artifact(unit.name, target)
                 yield converters.convert(unit, target, precision, folder / target)
 
-    return bundle.write_bundle(out, header(model, units, checkpoint), lower, files=files, log=log, force=force)
+    head = header(model, units, checkpoint, passes)
+    return bundle.write_bundle(out, head, lower, files=files, log=log, force=force)
 
 
 @dataclasses.dataclass
@@ -100,10 +108,12 @@ def write_quant_bundle(
     files: Mapping[str, str] | None = None,
     log: Path | None = None,
     checkpoint: Path | None = None,
+    passes: Sequence[PassEntry] = (),
 ) -> dict[str, Any]:
     """Lower every planned unit for every target into `out` and return the manifest: a float bundle's, plus a
     `quant` section (`quant_info`: method, bits, budget, calibration, skipped targets) and each unit's plan file,
-    so a run can be audited or replayed on a new checkpoint; `files`, `log` and `checkpoint` as in `write_bundle`."""
+    so a run can be audited or replayed on a new checkpoint; `files`, `log`, `checkpoint` and `passes` as in
+    `write_bundle`."""
     from converters.quantized import convert_quantized
 
     plans = {q.unit.name: f"quant/{q.unit.name}.plan.json" for q in units}
@@ -122,7 +132,7 @@ def write_quant_bundle(
     files = {**(files or {}), **{plans[q.unit.name]: q.plan.to_json() + "\n" for q in units}}
     return bundle.write_bundle(
         out,
-        header(model, [q.unit for q in units], checkpoint),
+        header(model, [q.unit for q in units], checkpoint, passes),
         lower,
         quant=section,
         files=files,

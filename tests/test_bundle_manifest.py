@@ -22,12 +22,14 @@ from converters.bundle import (
     Machine,
     Manifest,
     ModelInfo,
+    PassEntry,
     QuantSection,
     QuantUnit,
     UnitInfo,
     Weights,
     read_manifest,
     schema,
+    validate,
     verify_artifact,
     write_bundle,
     write_manifest,
@@ -47,9 +49,11 @@ DEFS = {
     OutputParity: "output_parity",
     QuantSection: "quant",
     QuantUnit: "quant_unit",
+    PassEntry: "pass",
 }
-# Properties a manifest may lack: the quant section (float bundles) and the model's loop (older bundles).
-OPTIONAL = {Manifest: ["quant"], ModelInfo: ["loop"]}
+# Properties a manifest may lack: the quant section (float bundles), the passes (bundles made without any) and the
+# model's loop (older bundles).
+OPTIONAL = {Manifest: ["quant", "passes"], ModelInfo: ["loop"]}
 
 
 def test_the_published_schema_is_the_generators_output():
@@ -187,6 +191,22 @@ def test_one_writer_writes_a_quantized_bundle_the_reader_and_the_published_schem
 def test_a_float_bundle_has_no_quant_section(tmp_path):
     manifest = write_bundle(tmp_path / "b", tiny_header(), lambda folder: [tiny_artifact(folder)])
     assert "quant" not in manifest and Manifest.from_dict(manifest).quant is None
+    assert "passes" not in manifest and Manifest.from_dict(manifest).passes is None
+
+
+def test_passes_are_recorded_in_order_with_their_open_info(tmp_path):
+    passes = (PassEntry("prune", {"budget": 0.3, "sqnr_db": math.inf}), PassEntry("quant", {"bits": "8"}))
+    header = dataclasses.replace(tiny_header(), passes=passes)
+    manifest = write_bundle(tmp_path / "b", header, lambda folder: [tiny_artifact(folder)])
+    assert read_manifest(tmp_path / "b") == manifest
+    assert manifest["passes"] == [
+        {"kind": "prune", "info": {"budget": 0.3, "sqnr_db": "inf"}},  # strict JSON inside the open info too
+        {"kind": "quant", "info": {"bits": "8"}},
+    ]
+    assert Manifest.from_dict(manifest).to_dict() == manifest
+    bad = dict(manifest, passes=[{"kind": "prune"}])
+    with pytest.raises(BundleError, match="info"):
+        validate(bad, "manifest.json")
 
 
 def test_nan_outside_an_open_section_is_refused_and_nothing_is_written(tmp_path):

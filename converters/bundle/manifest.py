@@ -287,12 +287,31 @@ class QuantSection(_Record):
 
 
 @dataclass(frozen=True)
+class PassEntry(_Record):
+    """One pass applied to the deploy units before lowering (pruning, token compression, extraction, quant), in
+    the order the recipe ran them: its kind and what it did, so a reader sees how the units were changed."""
+
+    __schema__: ClassVar[dict[str, Any]] = {"$def": "pass"}
+
+    kind: Name
+    info: dict[str, Any] = about("What the pass did (open: each kind records its own settings and figures).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(super().to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PassEntry:
+        return cls(d["kind"], dict(d["info"]))
+
+
+@dataclass(frozen=True)
 class Header:
     """What only the caller knows (this package never sees a model): the model, its weights, its deploy units."""
 
     model: ModelInfo
     weights: Weights
     units: tuple[UnitInfo, ...]
+    passes: tuple[PassEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,6 +346,10 @@ class Manifest(_Record):
     units: tuple[UnitInfo, ...] = about(minItems=1)
     # A float bundle has no quant section (the schema has no null one).
     quant: QuantSection | None = about(absent_if_none=True)
+    # A bundle made without passes has no passes list.
+    passes: tuple[PassEntry, ...] | None = about(
+        "The passes applied to the deploy units before lowering, in order.", absent_if_none=True, minItems=1
+    )
     artifacts: tuple[ArtifactEntry, ...] = about(minItems=1)
 
     @classmethod
@@ -342,6 +365,7 @@ class Manifest(_Record):
             Machine.here(),
             header.units,
             quant,
+            header.passes or None,
             tuple(artifacts),
         )
 
@@ -358,5 +382,6 @@ class Manifest(_Record):
             Machine.from_dict(d["machine"]),
             tuple(UnitInfo.from_dict(u) for u in d["units"]),
             QuantSection.from_dict(d["quant"]) if "quant" in d else None,
+            tuple(PassEntry.from_dict(p) for p in d["passes"]) if "passes" in d else None,
             tuple(ArtifactEntry.from_dict(a) for a in d["artifacts"]),
         )

@@ -132,6 +132,7 @@ def _claim(recipe: Recipe, out: Path, force: bool, progress: Progress) -> Checke
 
 
 def _execute(model: nn.Module, checked: Checked, out: Path, force: bool, progress: Progress) -> dict[str, Any]:
+    from converters.bundle import PassEntry
     from edgevit.bundle import QuantizedUnit, write_bundle, write_quant_bundle
 
     recipe, targets = checked.recipe, checked.kept
@@ -150,18 +151,20 @@ def _execute(model: nn.Module, checked: Checked, out: Path, force: bool, progres
         progress.artifact(unit, target, next(done), total)
 
     files = {RECIPE_FILE: checked.toml}
+    entries = tuple(PassEntry(r.kind, r.info) for r in records)
     plans = {name: plan for record in records for name, plan in record.plans.items()}
     with progress.lowering(total) as log:
         if not plans:
             return write_bundle(
                 model, targets, recipe.precision, out, force, step, log,
-                files=files, units=units, checkpoint=recipe.checkpoint,
+                files=files, units=units, checkpoint=recipe.checkpoint, passes=entries,
             )  # fmt: skip
         info = {**next(r.info for r in records if r.plans), "skipped_targets": checked.skipped}
         planned = [QuantizedUnit(u, plans[u.name], data.batches[u.name].held_out) for u in units]
         return write_quant_bundle(
-            model, planned, targets, out, info, force, step, files=files, log=log, checkpoint=recipe.checkpoint
-        )
+            model, planned, targets, out, info, force, step,
+            files=files, log=log, checkpoint=recipe.checkpoint, passes=entries,
+        )  # fmt: skip
 
 
 def _unit_data(model: nn.Module, source: str):

@@ -31,6 +31,7 @@ def test_convert_recipe_rebuilds_a_quantized_bundle(monkeypatch, capsys, tmp_pat
     a, b = manifest(first), manifest(second)
     assert shape(a) == shape(b) == [("model", "onnx", "int8")]
     assert a["quant"]["units"]["model"]["summary"] == b["quant"]["units"]["model"]["summary"]
+    assert [p["kind"] for p in a["passes"]] == ["quant"] and a["passes"][0]["info"]["method"] == "mptq"
     plan = a["quant"]["units"]["model"]["plan"]
     assert (first / plan).read_text() == (second / plan).read_text()  # same weights (seed), same plan
     assert (first / "recipe.toml").read_text() == (second / "recipe.toml").read_text()
