@@ -1,4 +1,8 @@
-"""The `edgevit` command line: a thin layer over the library; heavy imports happen inside each command."""
+"""The `edgevit` command line: a thin layer over the library; heavy imports happen inside each command.
+
+The commands of the compression and benchmark features keep their typer signatures beside their code
+(`edgevit/commands/<name>.py`, light to import) and are registered here; the older ones are still declared here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from edgevit.commands.bench import bench_cmd
+from edgevit.commands.extract import extract_cmd
+from edgevit.commands.report import report_cmd
+from edgevit.commands.split import serve_cmd, split_cmd, split_infer_cmd
+from edgevit.commands.train import train_cmd
 
 app = typer.Typer(
     add_completion=False,
@@ -89,8 +99,29 @@ def convert_cmd(
         float | None, typer.Option("--budget-mb", help="With --quant: quantized-weight budget in MB.")
     ] = None,
     calib: Annotated[
-        str | None, typer.Option(help="With --quant: calibration folder, video, or 'builtin' (the default).")
+        str | None,
+        typer.Option(help="With --quant or --prune: calibration folder, video, or 'builtin' (the default)."),
     ] = None,
+    prune: Annotated[
+        float | None, typer.Option(help="Prune first: the fraction of parameters (or FLOPs) to remove, in (0, 1).")
+    ] = None,
+    prune_score: Annotated[
+        str | None, typer.Option(help="With --prune: magnitude, taylor or activation (default activation).")
+    ] = None,
+    prune_by: Annotated[str | None, typer.Option(help="With --prune: what it counts, params or flops.")] = None,
+    recover_steps: Annotated[
+        int | None, typer.Option(help="With --prune: Adam steps of distillation from the unpruned model.")
+    ] = None,
+    tokens: Annotated[
+        str | None, typer.Option(help="Compress tokens (training-free): transform, topk or tome.")
+    ] = None,
+    token_flops: Annotated[
+        float | None, typer.Option(help="With --tokens: the fraction of FLOPs to remove, e.g. 0.4.")
+    ] = None,
+    token_keep: Annotated[
+        float | None, typer.Option(help="With --tokens: the fraction of tokens each block keeps, in [0.5, 1].")
+    ] = None,
+    token_start: Annotated[int | None, typer.Option(help="With --tokens: the first compressing block (0).")] = None,
     recipe: Annotated[
         Path | None,
         typer.Option(help="Build from a recipe file (e.g. a bundle's recipe.toml) instead of the flags above."),
@@ -106,8 +137,19 @@ def convert_cmd(
     Example (int8): edgevit convert --model efficienttam --target coreml --quant ptq --bits 8 --out bundle-int8/
 
     Example (rebuild): edgevit convert --recipe bundle/recipe.toml --out bundle2/
+
+    Example (pruned): edgevit convert --model vit --variant ti16_224 --prune 0.3 --target onnx --out bundle-pruned/
+
+    Example (tokens): edgevit convert --model dinov2_s_focus --tokens transform --token-flops 0.4 --target onnx --out b/
     """
-    from edgevit.commands.convert import QuantOptions, convert, recipe_from_flags, refuse_flags_with_recipe
+    from edgevit.commands.convert import (
+        QuantOptions,
+        convert,
+        prune_from_flags,
+        recipe_from_flags,
+        refuse_flags_with_recipe,
+        tokens_from_flags,
+    )
     from edgevit.pipeline import Recipe
 
     if recipe is not None:
@@ -116,10 +158,22 @@ def convert_cmd(
         refuse_flags_with_recipe([name for name in given if name != "recipe"])
         convert(Recipe.from_toml(recipe), out, force, as_json)
         return
-    quant_options = QuantOptions.from_flags(quant, bits, budget_mb, calib, precision)
-    convert(
-        recipe_from_flags(model, variant, checkpoint, set_ or [], target, precision, quant_options), out, force, as_json
+    prune_config = prune_from_flags(prune, prune_score, prune_by, recover_steps)
+    quant_calib = calib if quant is not None or prune_config is None else None  # --calib also feeds --prune
+    quant_options = QuantOptions.from_flags(quant, bits, budget_mb, quant_calib, precision)
+    flags_recipe = recipe_from_flags(
+        model,
+        variant,
+        checkpoint,
+        set_ or [],
+        target,
+        precision,
+        quant_options,
+        prune_config,
+        calib,
+        tokens=tokens_from_flags(tokens, token_flops, token_keep, token_start),
     )
+    convert(flags_recipe, out, force, as_json)
 
 
 @app.command("inspect")
@@ -210,6 +264,15 @@ def distill_cmd(
     from edgevit.commands.distill import distill
 
     distill(student, seed, out, force, as_json)
+
+
+app.command("train")(train_cmd)
+app.command("extract")(extract_cmd)
+app.command("split")(split_cmd)
+app.command("serve")(serve_cmd)
+app.command("split-infer")(split_infer_cmd)
+app.command("bench")(bench_cmd)
+app.command("report")(report_cmd)
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ def test_models_json_lists_every_family(monkeypatch, capsys):
     assert rows["efficientformer_l1"]["model"] == "efficientformer"
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["track"], ["convert"], ["inspect"], ["quantize"], ["distill"]])
+@pytest.mark.parametrize(
+    "command", [[], ["models"], ["track"], ["convert"], ["inspect"], ["quantize"], ["distill"], ["bench"], ["report"]]
+)
 def test_help_has_an_example(monkeypatch, capsys, command):
     code, out, _ = run(monkeypatch, capsys, *command, "--help")
     assert code == 0
@@ -75,7 +77,11 @@ def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nosuchcmd"], "No such command 'nosuchcmd'. Commands: convert, distill, inspect, models, quantize, track."),
+        (
+            ["nosuchcmd"],
+            "No such command 'nosuchcmd'. Commands: bench, convert, distill, extract, inspect, models, quantize, "
+            "report, serve, split, split-infer, track, train.",
+        ),
         (["convet", "--model", "vit"], "No such command 'convet'. Did you mean 'convert'?"),
         (["convert", "--no-such-flag"], "No such option: --no-such-flag (see 'edgevit convert --help')"),
         (["convert", "--ouy", "b"], "No such option: --ouy (Possible options: --out)"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgevit.errors import EdgevitError
 from edgevit.pipeline import QuantConfig, Recipe, parse_overrides
+from edgevit.pipeline.passes import PruneConfig, TokensConfig
 
 RECIPE_COMPANIONS = ("out", "force", "as_json")  # the only flags that may come with --recipe
 
@@ -46,9 +47,14 @@ def recipe_from_flags(
     target: str,
     precision: str | None,
     quant: QuantOptions | None,
+    prune: PruneConfig | None = None,
+    calib: str | None = None,
+    tokens: TokensConfig | None = None,
 ) -> Recipe:
-    """The recipe the flags describe: a float conversion, or one quant pass."""
+    """The recipe the flags describe: a float conversion, or a prune pass and/or one quant pass (pruned first)."""
     passes = () if quant is None else (QuantConfig(quant.method, quant.bits, quant.budget_mb),)
+    passes = passes if tokens is None else (tokens, *passes)
+    passes = passes if prune is None else (prune, *passes)
     return Recipe(
         model=model_name,
         variant=variant,
@@ -57,8 +63,34 @@ def recipe_from_flags(
         passes=passes,
         targets=tuple(target.split(",")),
         precision=precision,
-        calibration=quant.calib if quant is not None else "builtin",
+        calibration=quant.calib if quant is not None else calib or "builtin",
     )
+
+
+def prune_from_flags(
+    budget: float | None, score: str | None, by: str | None, recover_steps: int | None
+) -> PruneConfig | None:
+    """`--prune FRACTION` and its companions as a prune pass; None without `--prune` (companions refused)."""
+    if budget is None:
+        flags = (("--prune-score", score), ("--prune-by", by), ("--recover-steps", recover_steps))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise EdgevitError(f"{', '.join(given)} only apply with --prune FRACTION (e.g. --prune 0.3)")
+        return None
+    return PruneConfig(budget, score or PruneConfig.score, by or PruneConfig.by, recover_steps or 0)
+
+
+def tokens_from_flags(
+    method: str | None, flops: float | None, keep: float | None, start: int | None
+) -> TokensConfig | None:
+    """`--tokens METHOD` and its companions as a tokens pass; None without `--tokens` (companions refused)."""
+    if method is None:
+        flags = (("--token-flops", flops), ("--token-keep", keep), ("--token-start", start))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise EdgevitError(f"{', '.join(given)} only apply with --tokens transform|topk|tome")
+        return None
+    return TokensConfig(method, flops, keep, start or 0)
 
 
 def refuse_flags_with_recipe(given: Sequence[str]) -> None:

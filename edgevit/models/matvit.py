@@ -159,6 +159,8 @@ VARIANTS: dict[str, MatViTConfig] = {
     "ti16_224": MatViTConfig(embed_dim=192, num_heads=3),
     "s16_224": MatViTConfig(embed_dim=384, num_heads=6),
     "b16_224": MatViTConfig(embed_dim=768, num_heads=12),
+    # A MatViT small enough to train here in a minute: 32 px digits (or a user's classes) in 4x4 patches.
+    "mini_32": MatViTConfig(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, num_classes=10),
 }
 
 
@@ -174,6 +176,6 @@ register_family(
         variants=VARIANTS,
         default_variant="s16_224",
         build=build_matvit,
-        description="MatFormer ViT (Ti, S, B at patch 16): nested MLPs (1/8..1 wide), Mix'n'Match extraction",
+        description="MatFormer ViT (Ti, S, B at patch 16; mini at 32 px): nested MLPs (1/8..1 wide), Mix'n'Match",
     )
 )

@@ -67,6 +67,12 @@ class Recipe:
         quant = [c for c in self.passes if c.kind == "quant"]
         if len(quant) > 1:
             raise EdgevitError("a recipe quantizes once: keep one quant pass")
+        if quant and self.passes[-1].kind != "quant":
+            after = self.passes[-1].kind
+            raise EdgevitError(
+                f"the quant pass plans the bits of the units as they are, so a {after} pass after it would undo the "
+                "plan; put the quant pass last"
+            )
         if quant and self.precision is not None:
             n = self.names()
             raise EdgevitError(

@@ -102,3 +102,10 @@ def test_unknown_variant_and_bad_granularities_are_user_errors() -> None:
         create("matvit_ti16_224", depth=1, granularities=(0.5, 0.25, 1.0))
     with pytest.raises(EdgevitError, match="whole number"):
         create("matvit_ti16_224", depth=1, granularities=(0.3, 1.0))
+
+
+def test_the_mini_variant_trains_here_and_nests_four_widths() -> None:
+    model = create("matvit", "mini_32")
+    assert model.cfg.hidden_widths == (32, 64, 128, 256) and model.cfg.num_classes == 10
+    assert [model.parameter_count(g) for g in range(4)] == [92_490, 109_002, 142_026, 208_074]
+    assert count_parameters(model) == 208_074

@@ -18,7 +18,7 @@ TINY = {"depth": 2, "img_size": 64, "num_classes": 10}
 
 
 def test_the_registry_maps_configs_and_kinds_to_handlers() -> None:
-    assert passes.kinds() == ("quant",)
+    assert passes.kinds()[0] == "quant" and "matformer" in passes.kinds()
     assert passes.pass_for(QuantConfig()).apply is passes.quant.apply
     table = {"kind": "quant", "method": "mptq", "bits": 6}
     assert passes.config_from_table(table, Names("passes[0].")) == QuantConfig("mptq", "6")

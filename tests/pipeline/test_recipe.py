@@ -73,8 +73,8 @@ def test_flags_make_the_same_recipe_as_a_file(tmp_path) -> None:
         ('model = "vit"\ntargets = [1]\n', "r.toml: targets must be a list of target names"),
         ('model = "vit"\nprecision = "int3"\n', "r.toml: unknown precision 'int3'; valid: fp32, fp16"),
         (
-            'model = "vit"\n[[passes]]\nkind = "prune"\n',
-            "r.toml: passes[0].kind = 'prune' is not a pass; valid kinds: quant",
+            'model = "vit"\n[[passes]]\nkind = "sharpen"\n',
+            "r.toml: passes[0].kind = 'sharpen' is not a pass; valid kinds: quant,",
         ),
         ('model = "vit"\n[[passes]]\nkind = "quant"\nbit = 4\n', "r.toml: unknown key passes[0].bit; valid keys of a"),
         ('model = "vit"\n[[passes]]\nkind = "quant"\nmethod = "gptq"\n', "unknown method 'gptq' (passes[0].method)"),
@@ -88,6 +88,10 @@ def test_flags_make_the_same_recipe_as_a_file(tmp_path) -> None:
             "precision sets float artifacts; with a quant",
         ),
         ('model = "vit"\n[[passes]]\nkind = "quant"\n[[passes]]\nkind = "quant"\n', "quantizes once"),
+        (
+            'model = "vit"\n[[passes]]\nkind = "quant"\n[[passes]]\nkind = "prune"\nbudget = 0.3\n',
+            "a prune pass after it would undo the plan; put the quant pass last",
+        ),
         ('model = "vit"\ntargets = "tensorrt"\n', None),  # read fine; refused by the run's check (below)
         ("model = \n", "r.toml is not valid TOML (Invalid value (at line 1, column 9)); fix the syntax"),
     ],

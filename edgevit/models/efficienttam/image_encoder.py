@@ -43,10 +43,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(b, h * w, c))
+        inner = self.qkv.out_features // 3  # == c unless heads were pruned (the head width stays)
         # Slices rather than `unbind`, whose squeezes XNNPACK leaves undelegated.
-        q, k, v = (self._heads(qkv[..., i * c : (i + 1) * c]) for i in range(3))
+        q, k, v = (self._heads(qkv[..., i * inner : (i + 1) * inner]) for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, inner))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape

@@ -12,7 +12,10 @@ from typing import Any
 
 from edgevit.errors import EdgevitError
 from edgevit.pipeline.passes.base import Names, Pass, PassConfig, PassData, PassRecord
+from edgevit.pipeline.passes.extract import MATFORMER
+from edgevit.pipeline.passes.prune import PRUNE, PruneConfig
 from edgevit.pipeline.passes.quant import QUANT, QuantConfig
+from edgevit.pipeline.passes.tokens import TOKENS, TokensConfig
 
 _BY_KIND: dict[str, Pass] = {}
 
@@ -53,6 +56,9 @@ def apply(units: list, config: Any, data: PassData) -> tuple[list, PassRecord]:
 
 
 register(QUANT)
+register(MATFORMER)
+register(PRUNE)
+register(TOKENS)
 
 __all__ = [
     "Names",
@@ -60,7 +66,9 @@ __all__ = [
     "PassConfig",
     "PassData",
     "PassRecord",
+    "PruneConfig",
     "QuantConfig",
+    "TokensConfig",
     "apply",
     "config_from_table",
     "kinds",

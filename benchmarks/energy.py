@@ -1,0 +1,213 @@
+"""Energy from real meters: joules per inference with the idle baseline subtracted, or "not measured" and why.
+
+Linux exposes two software-readable sources:
+- RAPL (`/sys/class/powercap/intel-rapl:N/energy_uj`): a cumulative package counter in µJ that wraps at
+  `max_energy_range_uj`. Only top-level package zones are summed (`intel-rapl:N`, not `intel-rapl:N:M`, whose
+  core/uncore/dram energy the package already holds or a separate rail measures; psys would double count).
+  Since Linux 5.10 the file is root-only (the PLATYPUS side channel), which is said rather than guessed around.
+- hwmon (`/sys/class/hwmon/hwmonN/`): `energyK_input` (cumulative µJ) or `powerK_input` (instantaneous µW,
+  e.g. an INA219-class sensor on a board), which is sampled in a thread and integrated (trapezoids).
+
+A measurement is two windows: an idle one (nothing runs) gives the baseline power, then an active one runs the
+model back to back; joules per inference = (active energy - baseline power x active time) / inferences. Both
+windows and the baseline are recorded beside the figure. A machine with no meter gets {"measured": False,
+"reason": ...} — never an estimate.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+NO_METER = (
+    "not measured: no energy meter here (no RAPL zone in /sys/class/powercap, "
+    "no hwmon energy*_input or power*_input in /sys/class/hwmon)"
+)
+
+
+class MeterError(RuntimeError):
+    """A meter that was found but could not be read (vanished, unreadable, garbage)."""
+
+
+class Meter(Protocol):
+    """Energy over a window: `begin()` returns a token, `end(token)` the joules spent since."""
+
+    name: str
+
+    def begin(self) -> Any: ...
+
+    def end(self, token: Any) -> float: ...
+
+
+def read_int(path: Path) -> int:
+    """One integer sysfs value; MeterError naming the file when it is missing, unreadable or not a number."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise MeterError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def counter_delta(before: int, after: int, max_range: int | None) -> int:
+    """`after - before` of a counter that wraps to 0 past `max_range` (one wrap at most: keep windows short)."""
+    if after >= before:
+        return after - before
+    if not max_range:
+        raise MeterError(f"counter went backwards ({before} -> {after}) and its wrap range is unknown")
+    return after + max_range - before
+
+
+@dataclass(frozen=True)
+class CounterFile:
+    """One cumulative µJ counter file and the value it wraps at (None: no wrap known, e.g. hwmon's 64-bit)."""
+
+    path: Path
+    max_range: int | None
+
+
+@dataclass
+class CounterMeter:
+    """A sum of cumulative µJ counters (RAPL package zones, or hwmon energy inputs)."""
+
+    name: str
+    counters: list[CounterFile]
+
+    def begin(self) -> list[int]:
+        return [read_int(c.path) for c in self.counters]
+
+    def end(self, token: list[int]) -> float:
+        after = [read_int(c.path) for c in self.counters]
+        total = sum(counter_delta(b, a, c.max_range) for b, a, c in zip(token, after, self.counters, strict=True))
+        return total / 1e6
+
+
+@dataclass
+class PowerMeter:
+    """hwmon power inputs (µW), sampled every `interval` seconds in a thread and integrated over the window."""
+
+    name: str
+    paths: list[Path]
+    interval: float = 0.01
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def _watts(self) -> float:
+        return sum(read_int(p) for p in self.paths) / 1e6
+
+    def begin(self) -> tuple[threading.Thread, list[tuple[float, float]], list[BaseException]]:
+        samples = [(time.perf_counter(), self._watts())]
+        errors: list[BaseException] = []
+        self._stop.clear()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    samples.append((time.perf_counter(), self._watts()))
+                except MeterError as exc:
+                    errors.append(exc)
+                    return
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        return thread, samples, errors
+
+    def end(self, token: tuple[threading.Thread, list[tuple[float, float]], list[BaseException]]) -> float:
+        thread, samples, errors = token
+        self._stop.set()
+        thread.join()
+        if errors:
+            raise errors[0]
+        samples.append((time.perf_counter(), self._watts()))
+        return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:], strict=False))
+
+
+def find_meters(sys_root: Path = Path("/sys")) -> tuple[list[Meter], str | None]:
+    """The meters this machine exposes (RAPL first, then hwmon energy, then hwmon power), and why none can be
+    used when the list is empty. A meter is kept only if every file of it reads now."""
+    meters: list[Meter] = []
+    problems: list[str] = []
+    rapl = sorted(p for p in (sys_root / "class" / "powercap").glob("*") if re.fullmatch(r"intel-rapl:\d+", p.name))
+    if rapl:
+        counters = [CounterFile(z / "energy_uj", _max_range(z / "max_energy_range_uj")) for z in rapl]
+        meters.append(CounterMeter("RAPL " + "+".join(_zone_name(z) for z in rapl), counters))
+    for hwmon in sorted((sys_root / "class" / "hwmon").glob("*")):
+        label = _hwmon_name(hwmon)
+        if energy := sorted(hwmon.glob("energy*_input")):
+            meters.append(CounterMeter(f"hwmon {label} energy", [CounterFile(p, None) for p in energy]))
+        elif power := sorted(hwmon.glob("power*_input")):
+            meters.append(PowerMeter(f"hwmon {label} power", power))
+    usable = []
+    for meter in meters:
+        try:
+            meter.end(meter.begin())
+        except MeterError as exc:
+            problems.append(f"{meter.name} present but unreadable ({exc}; RAPL is root-only since Linux 5.10)")
+            continue
+        usable.append(meter)
+    if usable:
+        return usable, None
+    return [], ("not measured: " + "; ".join(problems)) if problems else NO_METER
+
+
+def joules_per_inference(
+    idle_joules: float, idle_seconds: float, active_joules: float, active_seconds: float, inferences: int
+) -> dict[str, Any]:
+    """The figure and everything it was made from: baseline power (idle window), the active window, the count."""
+    idle_watts = idle_joules / idle_seconds
+    net = active_joules - idle_watts * active_seconds
+    return {
+        "measured": True,
+        "joules_per_inference": net / inferences,
+        "inferences": inferences,
+        "active_window_s": active_seconds,
+        "active_joules": active_joules,
+        "idle_window_s": idle_seconds,
+        "idle_watts": idle_watts,
+        "net_watts": net / active_seconds,
+    }
+
+
+def measure_energy(
+    meter: Meter, run_once: Callable[[], Any], *, idle_seconds: float = 1.0, window_seconds: float = 2.0
+) -> dict[str, Any]:
+    """Idle window of `idle_seconds`, then `run_once` back to back for at least `window_seconds`; see the module
+    docstring. A meter that fails mid-run gives "not measured" with the reason, never a partial figure."""
+    try:
+        token = meter.begin()
+        start = time.perf_counter()
+        time.sleep(idle_seconds)
+        idle_joules, idle_elapsed = meter.end(token), time.perf_counter() - start
+        token = meter.begin()
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < window_seconds or count == 0:
+            run_once()
+            count += 1
+        active_joules = meter.end(token)
+        elapsed = time.perf_counter() - start
+    except MeterError as exc:
+        return {"measured": False, "meter": meter.name, "reason": f"not measured: {meter.name} failed mid-run ({exc})"}
+    return {"meter": meter.name, **joules_per_inference(idle_joules, idle_elapsed, active_joules, elapsed, count)}
+
+
+def _max_range(path: Path) -> int | None:
+    try:
+        return read_int(path)
+    except MeterError:
+        return None
+
+
+def _zone_name(zone: Path) -> str:
+    try:
+        return zone.joinpath("name").read_text().strip() or zone.name
+    except OSError:
+        return zone.name
+
+
+def _hwmon_name(hwmon: Path) -> str:
+    try:
+        return f"{hwmon.name} ({hwmon.joinpath('name').read_text().strip()})"
+    except OSError:
+        return hwmon.name

@@ -1,0 +1,121 @@
+"""`edgevit report` from real bench results: one HTML page that parses, loads nothing from elsewhere and has a
+plot with data points for each figure; report.json and report.md beside it; bad results refused in one line.
+
+(A render check in headless Chromium is not here: Debian's chromium is not part of the CI install.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.bench import BenchSettings, bench_bundle
+from benchmarks.energy import joules_per_inference
+from benchmarks.html import build_report, render_html
+from converters.bundle import read_manifest
+from edgevit.bundle import write_bundle
+from edgevit.commands.bench import bench_inputs
+from edgevit.models import create
+from tests.test_cli import run
+
+
+@pytest.fixture(scope="module")
+def results_file(tmp_path_factory) -> Path:
+    """Results of a real bench (onnx and Core ML artifacts of a one-block ViT at 32 px) written as bench does."""
+    from benchmarks.report import json_safe
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("report")
+    bundle = root / "bundle"
+    write_bundle(create("vit_ti16_224", depth=1, img_size=32, num_classes=10), ("onnx", "coreml"), None, bundle)
+    inputs, note = bench_inputs(read_manifest(bundle))
+    results = bench_bundle(bundle, inputs, note, BenchSettings(runs=3, warmup=1, threads=1))
+    path = root / "results.json"
+    path.write_text(json.dumps(json_safe(results)))
+    return path
+
+
+class Page(HTMLParser):
+    """Tags, attribute values and the ids inside each <svg> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.values: list[str] = []
+        self.svg_ids: list[list[str]] = []
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.values += [v or "" for _, v in attrs]
+        if tag == "svg":
+            self.svg_ids.append([])
+            self.depth += 1
+        elif self.depth:
+            self.svg_ids[-1] += [v for k, v in attrs if k == "id" and v]
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self.depth -= 1
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def test_report_is_one_self_contained_page_with_data_in_every_plot(results_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "site" / "report.html"
+    code, stdout, err = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html", "report.json", "report.md"]
+    text = out.read_text()
+    page = parse(text)
+    assert page.tags.count("svg") == 2  # latency, fidelity vs size (no energy plot: nothing was metered)
+    latency, fidelity = page.svg_ids
+    assert [i for i in latency if i.startswith("latency-point-")] == ["latency-point-0"]  # onnx ran, Core ML not
+    assert sum(i.startswith("fidelity-point-") for i in fidelity) >= 1
+    assert not {"script", "link", "img", "iframe"} & set(page.tags)
+    assert "://" not in text and not any(v.startswith(("http", "//")) for v in page.values)
+    assert "not measured" in text and "not run here (needs macOS)" in text
+    report = json.loads((out.parent / "report.json").read_text())
+    assert report["schema"] == "edgevit.report" and report["plots"]["latency"][0]["median_ms"] > 0
+    assert "| artifact |" in (out.parent / "report.md").read_text()
+
+
+def test_energy_plot_appears_when_a_meter_measured(results_file):
+    results = json.loads(results_file.read_text())
+    metered = copy.deepcopy(results)
+    row = next(r for r in metered["rows"] if r["status"] == "ok")
+    row["energy"] = {"meter": "RAPL package-0", **joules_per_inference(2.0, 1.0, 10.0, 2.0, 100)}
+    metered["energy"] = {"measured": True, "meters": ["RAPL package-0"]}
+    page = parse(render_html(build_report([(results_file, metered)])))
+    assert page.tags.count("svg") == 3 and "energy-point-0" in page.svg_ids[2]
+
+
+def test_a_newer_results_schema_is_one_line(results_file, tmp_path, monkeypatch, capsys):
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**json.loads(results_file.read_text()), "schema_version": 2}))
+    out = tmp_path / "report.html"
+    code, _, err = run(monkeypatch, capsys, "report", str(newer), "--out", str(out))
+    assert code == 2 and len(err.splitlines()) == 1 and "newer results schema" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.json"]
+
+
+def test_existing_report_needs_force(results_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "report.html"
+    (tmp_path / "report.md").write_text("mine")
+    code, _, err = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out))
+    assert code == 2 and "already exists" in err and len(err.splitlines()) == 1
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["report.md"] and (tmp_path / "report.md").read_text() == "mine"
+    )
+    code, _, _ = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out), "--force")
+    assert code == 0 and (tmp_path / "report.md").read_text() != "mine"
