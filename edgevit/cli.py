@@ -14,6 +14,7 @@ import typer
 
 from edgevit.commands.bench import bench_cmd
 from edgevit.commands.extract import extract_cmd
+from edgevit.commands.farm import farm_app
 from edgevit.commands.report import report_cmd
 from edgevit.commands.split import serve_cmd, split_cmd, split_infer_cmd
 from edgevit.commands.train import train_cmd
@@ -108,7 +109,9 @@ def convert_cmd(
     prune_score: Annotated[
         str | None, typer.Option(help="With --prune: magnitude, taylor or activation (default activation).")
     ] = None,
-    prune_by: Annotated[str | None, typer.Option(help="With --prune: what it counts, params or flops.")] = None,
+    prune_by: Annotated[
+        str | None, typer.Option(help="With --prune: what it counts: params, flops or latency (ONNX Runtime here).")
+    ] = None,
     recover_steps: Annotated[
         int | None, typer.Option(help="With --prune: Adam steps of distillation from the unpruned model.")
     ] = None,
@@ -273,6 +276,7 @@ app.command("serve")(serve_cmd)
 app.command("split-infer")(split_infer_cmd)
 app.command("bench")(bench_cmd)
 app.command("report")(report_cmd)
+app.add_typer(farm_app, name="farm")
 
 
 def main() -> None:

@@ -60,6 +60,29 @@ def test_a_flops_budget_removes_that_share_of_counted_flops() -> None:
     assert 0.4 <= report.flops_removed < 0.42  # the counted attention too: a head's q·kᵀ and softmax·v
 
 
+def test_a_latency_budget_bisects_the_parameter_share_until_the_measured_time_fits() -> None:
+    inputs = batches(1)
+    calls = []
+
+    def timer(module: torch.nn.Module) -> float:  # a deterministic clock: FLOPs, so the bisection can be checked
+        calls.append(count_params(module))
+        return count_flops(module, inputs[0]) / 1e6
+
+    model = tiny_vit()
+    before = timer(model)
+    report = prune_module(model, PruneSettings(0.3, score="activation", by="latency"), inputs, latency=timer)
+    ms_before, ms_after = report.latency_ms
+    assert ms_before == before and ms_after == timer(model) <= 0.7 * before
+    assert len(calls) == 1 + 1 + 1 + 6 + 1  # here; the pass's before, largest share, 6 bisection steps; the check
+    stripped = tiny_vit()  # close to everything removable: the bisection stopped well before it
+    prune_module(stripped, PruneSettings(0.7, score="activation"), inputs)
+    assert report.params_after > count_params(stripped) and timer(stripped) < ms_after
+    with pytest.raises(BudgetError, match=r"runs in .* ms \(of .*\); use a budget below 0\.[0-9]+"):
+        prune_module(tiny_vit(), PruneSettings(0.95, score="activation", by="latency"), inputs, latency=timer)
+    with pytest.raises(EdgevitError, match="needs a way to time"):
+        prune_module(tiny_vit(), PruneSettings(0.3, by="latency"), inputs)
+
+
 def test_every_block_keeps_a_head_and_some_channels_and_a_larger_budget_is_refused() -> None:
     model, inputs = tiny_vit(), batches(1)
     report = prune_module(model, PruneSettings(0.7, score="magnitude"), inputs)  # 0.72 is all blocks may lose

@@ -65,7 +65,7 @@ def test_a_recipe_prune_table_reads_and_refuses_by_key() -> None:
         (["--prune", "0"], r"--prune 0 is not a fraction in \(0, 1\)"),
         (["--prune-score", "taylor"], "--prune-score only apply with --prune FRACTION"),
         (["--prune", "0.3", "--prune-score", "random"], "unknown --prune-score 'random'; valid: magnitude"),
-        (["--prune", "0.3", "--prune-by", "latency"], "unknown --prune-by 'latency'"),
+        (["--prune", "0.3", "--prune-by", "seconds"], "unknown --prune-by 'seconds'"),
         (["--prune", "0.9"], r"removes more params than unit 'model' can lose \(at most 0\.7\d+.*at most 0\.7\d"),
     ],
 )
@@ -87,3 +87,15 @@ def test_a_model_without_transformer_blocks_is_refused(tmp_path, monkeypatch, ca
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and "has transformer blocks to prune: prune a ViT" in errors[0], err
     assert not out.exists()
+
+
+def test_a_latency_budget_is_measured_through_onnxruntime(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "fast"
+    args = ["--prune", "0.2", "--prune-by", "latency", "--target", "onnx"]
+    code, _, err = run(monkeypatch, capsys, "convert", *TINY, *args, "--out", str(out), "--json")
+    assert code == 0, err
+    info = read_manifest(out)["passes"][0]["info"]["units"]["model"]
+    before, after = info["latency_ms"]
+    assert info["by"] == "latency" and after <= 0.8 * before and info["params_after"] < info["params_before"]
+    assert (tmp_path / "cache" / "edgevit" / "latency.json").is_file()  # timings kept for the next search

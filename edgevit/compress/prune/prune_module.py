@@ -1,13 +1,17 @@
 """`prune_module`: score, select and remove heads and MLP channels of a module in place, then optionally recover.
 
 The module is changed in place (its linears shrink, `num_heads` drops) so it can stay a submodule of a model
-whose other parts and passes keep using it. The budget is a fraction of the module's parameters or of its FLOPs
-on one calibration input; the report says what was removed and what each block kept.
+whose other parts and passes keep using it. The budget is a fraction of the module's parameters, of its FLOPs on
+one calibration input, or of its latency as the caller measures it (e.g. ONNX Runtime here): then the share of
+parameters to remove is bisected on pruned copies until the measured latency fits, since latency is what a
+deployment pays and neither parameters nor FLOPs predict it well (attention's cost does not fall with heads
+the way a GEMM's does). The report says what was removed and what each block kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +26,8 @@ from edgevit.compress.prune.scores import Loss
 from edgevit.errors import EdgevitError
 
 SCORES = ("magnitude", "taylor", "activation")
-BY = ("params", "flops")
+BY = ("params", "flops", "latency")
+LATENCY_STEPS = 6  # bisection steps on the parameter share: within 1/64 of the largest removable share
 MIN_CHANNEL_FRACTION = 1 / 16  # an MLP thinner than this stops being one; every block keeps at least this share
 
 
@@ -91,6 +96,7 @@ class PruneReport:
     blocks: list[BlockKept] = field(default_factory=list)
     recover_steps: int = 0
     recover_loss: tuple[float, float] | None = None  # mean distillation loss before and after recovery
+    latency_ms: tuple[float, float] | None = None  # by latency: measured before and after
 
     @property
     def params_removed(self) -> float:
@@ -103,19 +109,30 @@ class PruneReport:
     def to_json(self) -> dict[str, Any]:
         found = asdict(self)
         found["recover_loss"] = None if self.recover_loss is None else list(self.recover_loss)
+        found["latency_ms"] = None if self.latency_ms is None else list(self.latency_ms)
         return found
 
 
+Latency = Callable[[nn.Module], float]  # ms of one call of a (pruned copy of the) module, measured
+
+
 def prune_module(
-    module: nn.Module, settings: PruneSettings, inputs: Sequence[Batch], loss: Loss | None = None
+    module: nn.Module,
+    settings: PruneSettings,
+    inputs: Sequence[Batch],
+    loss: Loss | None = None,
+    latency: Latency | None = None,
 ) -> PruneReport:
     """Prune `module` in place under `settings`, scored on `inputs` (calibration batches, positional tensors).
 
     `loss(pruned_out, reference_out) -> scalar` measures what pruning costs (default: relative MSE of the
-    outputs, label-free); it shapes the Taylor score and the recovery. Raises `EdgevitError` when the module has
-    no prunable block or the budget asks for more than the blocks can lose.
+    outputs, label-free); it shapes the Taylor score and the recovery. `latency` times a module (required when
+    the budget is in latency). Raises `EdgevitError` when the module has no prunable block or the budget asks
+    for more than the blocks can lose.
     """
     settings.check()
+    if settings.by == "latency" and latency is None:
+        raise EdgevitError("a latency budget needs a way to time the module (pass `latency`)")
     blocks = prunable_blocks(module)
     if not blocks:
         raise EdgevitError(f"{type(module).__name__} has no prunable transformer block (a ViT or EfficientTAM block)")
@@ -123,12 +140,12 @@ def prune_module(
         raise EdgevitError("pruning needs at least one calibration input")
     module.eval()
     params_before, flops_before = count_params(module), count_flops(module, inputs[0])
-    if settings.by == "params":
+    if settings.by in ("params", "latency"):
         costs, total = budgets.param_costs(blocks), params_before
     else:
         costs, total = budgets.flop_costs(module, blocks, inputs[0]), flops_before
     most = budgets.removable(blocks, costs, settings.min_heads, settings.min_channel_fraction)
-    if settings.budget * total > most:
+    if settings.by != "latency" and settings.budget * total > most:
         raise BudgetError(
             f"a prune budget of {settings.budget:g} asks for more {settings.by} than {type(module).__name__}'s blocks "
             f"hold: at most {most / total:.3f} can go (each block keeps {settings.min_heads} head(s) and 1/"
@@ -138,13 +155,10 @@ def prune_module(
     references = outputs(module, inputs) if settings.recover_steps else []
     found = _scores(module, blocks, settings, inputs, loss)
     before = [(b.name, b.num_heads, b.hidden) for b in blocks]
-    keep = budgets.select(
-        blocks, found, costs, settings.budget * total, settings.min_heads, settings.min_channel_fraction,
-        settings.normalize or ("none" if settings.score == "taylor" else "mean"),
-    )  # fmt: skip
-    for b, (heads, channels) in zip(blocks, keep, strict=True):
-        b.keep_heads(heads)
-        b.keep_channels(channels)
+    share, timed = settings.budget * total, None
+    if settings.by == "latency":
+        share, timed = _share_for_latency(module, found, costs, most, settings, latency)
+    _remove(blocks, found, costs, share, settings)
     recovered = None
     if settings.recover_steps:
         recovered = recover(
@@ -162,7 +176,53 @@ def prune_module(
         blocks=kept,
         recover_steps=settings.recover_steps,
         recover_loss=recovered,
+        latency_ms=timed,
     )
+
+
+def _remove(blocks: list, found, costs, share: float, settings: PruneSettings) -> None:
+    """Remove the least important heads and channels worth `share` of the costs."""
+    keep = budgets.select(
+        blocks, found, costs, share, settings.min_heads, settings.min_channel_fraction,
+        settings.normalize or ("none" if settings.score == "taylor" else "mean"),
+    )  # fmt: skip
+    for b, (heads, channels) in zip(blocks, keep, strict=True):
+        b.keep_heads(heads)
+        b.keep_channels(channels)
+
+
+def _share_for_latency(
+    module: nn.Module, found, costs, most: float, settings: PruneSettings, latency: Latency
+) -> tuple[float, tuple[float, float]]:
+    """The smallest parameter share (of `costs`) whose pruned copy runs within (1 - budget) of the module's
+    measured latency, by bisection (latency falls with the share, up to timing noise); (share, (ms before, after))."""
+
+    def timed(share: float) -> float:
+        trial = copy.deepcopy(module)
+        _remove(prunable_blocks(trial), found, costs, share, settings)
+        return latency(trial)
+
+    before = latency(module)
+    goal = (1.0 - settings.budget) * before
+    low, high = 0.0, most
+    fastest = timed(high)
+    if fastest > goal:
+        reachable = 1.0 - fastest / before
+        raise BudgetError(
+            f"a latency budget of {settings.budget:g} asks {type(module).__name__} for {goal:.2f} ms, but with "
+            f"every removable head and channel gone it runs in {fastest:.2f} ms (of {before:.2f}); use a budget "
+            f"below {reachable:.2f}",
+            max(reachable, 0.0),
+        )
+    after = fastest
+    for _ in range(LATENCY_STEPS):
+        middle = (low + high) / 2
+        ms = timed(middle)
+        if ms <= goal:
+            high, after = middle, ms
+        else:
+            low = middle
+    return high, (before, after)
 
 
 def _scores(module: nn.Module, blocks: list, settings: PruneSettings, inputs: Sequence[Batch], loss: Loss | None):

@@ -23,7 +23,8 @@ _FLAGS = {"budget": "--prune", "score": "--prune-score", "by": "--prune-by"}  # 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Remove `budget` (a fraction in (0, 1)) of each prunable unit's parameters or FLOPs (`by`), ranking heads
+    """Remove `budget` (a fraction in (0, 1)) of each prunable unit's parameters, FLOPs or latency measured
+    through ONNX Runtime here (`by`), ranking heads
     and MLP channels by `score`, then `recover_steps` steps of distillation from the unpruned unit; `units`
     restricts the pass to the deploy units named (None: every unit with transformer blocks)."""
 
@@ -97,7 +98,7 @@ def apply(units: Sequence[DeployUnit], config: PruneConfig, data: PassData) -> t
         batches = data.batches[unit.name]
         reference = outputs(unit.module, batches.held_out)
         try:
-            report = prune_module(unit.module, settings, batches.calib)
+            report = prune_module(unit.module, settings, batches.calib, latency=_timer(unit, config))
         except BudgetError as exc:
             raise EdgevitError(
                 f"prune budget {config.budget:g} removes more {config.by} than unit {unit.name!r} can lose (at most "
@@ -111,6 +112,15 @@ def apply(units: Sequence[DeployUnit], config: PruneConfig, data: PassData) -> t
         found[unit.name] = info
     record = {"score": config.score, "budget": config.budget, "by": config.by, "units": found}
     return list(units), PassRecord(PruneConfig.kind, record)
+
+
+def _timer(unit: DeployUnit, config: PruneConfig):
+    """By latency: a pruned copy of the unit's module timed through ONNX Runtime here (one thread, cached)."""
+    if config.by != "latency":
+        return None
+    from edgevit.compress.latency import unit_ms
+
+    return lambda module: unit_ms(dataclasses.replace(unit, module=module))
 
 
 PRUNE = Pass(
