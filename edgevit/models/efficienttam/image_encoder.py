@@ -43,7 +43,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(b, h * w, c))
-        inner = self.qkv.out_features // 3  # == c unless heads were pruned (the head width stays)
+        inner = qkv.shape[-1] // 3  # == c unless heads were pruned (the head width stays)
         # Slices rather than `unbind`, whose squeezes XNNPACK leaves undelegated.
         q, k, v = (self._heads(qkv[..., i * inner : (i + 1) * inner]) for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v)
