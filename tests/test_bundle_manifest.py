@@ -53,7 +53,8 @@ DEFS = {
 }
 # Properties a manifest may lack: the quant section (float bundles), the passes (bundles made without any) and the
 # model's loop (older bundles).
-OPTIONAL = {Manifest: ["quant", "passes"], ModelInfo: ["loop"]}
+# efficient_memory came later: bundles written before it (full memory attention) still read
+OPTIONAL = {Manifest: ["quant", "passes"], ModelInfo: ["loop"], EfficientTAMConfig: ["efficient_memory"]}
 
 
 def test_the_published_schema_is_the_generators_output():

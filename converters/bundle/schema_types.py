@@ -140,3 +140,8 @@ class EfficientTAMConfig:
     sigmoid_bias_for_mem_enc: float
     dynamic_multimask_stability_delta: float
     dynamic_multimask_stability_thresh: float
+    efficient_memory: Index = about(
+        "Memory cross-attention: 0 full; 1 or 2 the official EfficientRoPEAttention1/2 (2x2-pooled memory).",
+        default=0,
+        maximum=2,
+    )

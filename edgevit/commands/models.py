@@ -35,6 +35,8 @@ def rows() -> list[dict]:
                     "input_size": list(model.spec.input_size),
                     "parameters": count_parameters(model),
                     "task": model.spec.task,
+                    # e.g. EfficientTAM's pooled memory at 512: the official classes build it, no release has weights
+                    "note": "" if getattr(cfg, "official_checkpoint", True) else "no official checkpoint",
                 }
             )
     return out
@@ -46,10 +48,10 @@ def list_models(as_json: bool) -> None:
         print(json.dumps(data, indent=2))
         return
     table = Table(title="edgevit models")
-    for col in ("model", "variant", "input", "parameters", "task"):
+    for col in ("model", "variant", "input", "parameters", "task", "note"):
         table.add_column(col, justify="right" if col == "parameters" else "left")
     for r in data:
         variant = r["variant"] + (" (default)" if r["default"] else "")
         h, w = r["input_size"]
-        table.add_row(r["model"], variant, f"{h}x{w}", f"{r['parameters'] / 1e6:.2f} M", r["task"])
+        table.add_row(r["model"], variant, f"{h}x{w}", f"{r['parameters'] / 1e6:.2f} M", r["task"], r["note"])
     Console().print(table)

@@ -38,11 +38,15 @@ def clip(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     return folder, write_jpgs(folder, frames)
 
 
-@pytest.fixture(scope="module")
-def runs(clip) -> tuple[OfficialTrack, list[FrameResult], torch.nn.Module]:
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=["base", "memory_1", "memory_2"])
+def runs(clip, request) -> tuple[OfficialTrack, list[FrameResult], torch.nn.Module]:
+    """Per memory cross-attention: the base configs' and the `_1`/`_2` configs' pooled one."""
     folder, frames = clip
-    ref = build_reference("ti", IMAGE_SIZE, seed=0, obj_score_bias=OBJ_SCORE_BIAS, obj_score_gain=OBJ_SCORE_GAIN)
-    ours = create("efficienttam", variant="ti", image_size=IMAGE_SIZE)
+    memory = request.param
+    ref = build_reference(
+        "ti", IMAGE_SIZE, seed=0, obj_score_bias=OBJ_SCORE_BIAS, obj_score_gain=OBJ_SCORE_GAIN, memory=memory
+    )
+    ours = create("efficienttam", variant=f"ti_{memory}" if memory else "ti", image_size=IMAGE_SIZE)
     ours.load_state_dict(ref.state_dict(), strict=True)
     expected = official_track(ref, folder, PROMPT)
     return expected, list(eager_tracker(ours).track(frames, PROMPT)), ours

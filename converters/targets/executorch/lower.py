@@ -8,8 +8,13 @@ Unmasked scaled_dot_product_attention is decomposed here into matmul → softmax
 sees it: ExecuTorch's own decomposition uses the "safe" softmax, which guards fully-masked rows with
 eq/logical_not/any/where/full_like over the whole attention matrix — ops XNNPACK does not take, so every
 attention block left five portable-kernel passes over an N×N tensor and split the graph (ViT-S/16 on this
-CPU: 71 → 51 ms). Without a mask no row can be fully masked, so plain softmax is exactly equivalent; a
-masked or causal call keeps the safe decomposition.
+CPU: 71 → 51 ms). Without a mask no row can be fully masked, so plain softmax is exactly equivalent; an
+additive float mask is added to the scores before the plain softmax (the same unless a whole row is -inf: masks
+written here use finite large negatives); a boolean-masked or causal call keeps the safe decomposition.
+
+LayerNorm is rewritten for XNNPACK, which has no layer_norm: means over a [1, rows, C, 1] view (the 4-D
+innermost-dims mean XNNPACK takes), subtract, square, rsqrt — otherwise every norm runs on the portable
+kernels and splits the graph in two (float lowering only, see `convert`).
 
 fp16 runs the module in half precision (XNNPACK has fp16 kernels for the ops it delegates) but keeps the
 artifact's inputs and outputs fp32, casting at the edges: Java/Kotlin and Swift apps have no convenient
@@ -23,6 +28,7 @@ F.layer_norm in model code is not caught by this; the parity gate is what stops 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -60,10 +66,35 @@ def _sdpa_plain_softmax(
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> torch.Tensor:
-    if attn_mask is not None or is_causal or dropout_p or enable_gqa:
+    if (attn_mask is not None and not attn_mask.is_floating_point()) or is_causal or dropout_p or enable_gqa:
         return NotImplemented  # keeps the op, and with it ExecuTorch's safe-softmax decomposition
     scale = q.size(-1) ** -0.5 if scale is None else scale
-    return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
+    # bmm on 3-D views: a 4-D matmul decomposes into expand_copy + bmm, and XNNPACK leaves expand_copy out
+    *batch, n, e = q.shape
+    m = k.shape[-2]
+    scores = torch.bmm(q.reshape(-1, n, e), k.reshape(-1, m, e).transpose(1, 2)) * scale
+    if attn_mask is not None:
+        scores = (scores.reshape(*batch, n, m) + attn_mask).reshape(-1, n, m)
+    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(-1, m, v.shape[-1]))
+    return out.reshape(*batch, n, v.shape[-1])
+
+
+def _layer_norm_4d(
+    x: torch.Tensor,
+    normalized_shape: list[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    cudnn_enable: bool = True,
+) -> torch.Tensor:
+    """`layer_norm` as ops XNNPACK delegates (its mean.dim takes only dims 2, 3 of a 4-D tensor)."""
+    rows = x.reshape(1, -1, math.prod(normalized_shape), 1)
+    centred = rows - rows.mean(dim=(2, 3), keepdim=True)
+    rstd = torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + eps)
+    out = (centred * rstd).reshape(x.shape)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
 
 
 class _HalfCompute(nn.Module):
@@ -89,17 +120,21 @@ class _HalfCompute(nn.Module):
         return tuple(o.float() if o.is_floating_point() else o for o in out)
 
 
-def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
+def convert(unit: DeployUnit, precision: str, path: Path, *, decompose_norms: bool = True) -> TargetResult:
     """Lower with `to_edge_transform_and_lower` and write the .pte; the program is then loaded by the
-    ExecuTorch runtime to prove it loads and to read its real input/output signature."""
+    ExecuTorch runtime to prove it loads and to read its real input/output signature.
+
+    `decompose_norms` False keeps layer_norm whole (the quantized lowering: with dynamic int8 around them the
+    rewritten norms made XNNPACK fail shape propagation at run time, xnn_status_invalid_parameter)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
     module = unit.module if precision == "fp32" else _HalfCompute(unit.module)
-    exported = torch.export.export(module, unit.example_inputs, strict=False).run_decompositions(
-        {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_plain_softmax}
-    )
+    table = {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_plain_softmax}
+    if decompose_norms:
+        table[torch.ops.aten.layer_norm.default] = _layer_norm_4d
+    exported = torch.export.export(module, unit.example_inputs, strict=False).run_decompositions(table)
     edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()

@@ -44,7 +44,7 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
     # gets one shared dynamic-quant chain; XNNPACK's partitioner then finds dependency cycles. ExecuTorch's
     # own LLM export gives each consumer its own chain first, as done here.
     DuplicateDynamicQuantChainPass()(graph)
-    result = lower_fp(with_module(unit, graph), "fp32", path)
+    result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False)
     xnn = xnnpack_gemm_dtypes(path)
     int4 = [name for name, lq in gemms.layers.items() if is_int4_linear(lq)]
     held4 = xnn.get("linear", {}).get("weights", {}).get("qcint4", 0)

@@ -3,9 +3,14 @@
 Weight-compatible with the reference `memory_attention`, rewritten for a memory bank of fixed capacity so
 the deploy unit has static shapes: `num_maskmem` frames of h*w spatial memories followed by
 `max_obj_ptrs` object pointers of `d_model / mem_dim` tokens each. Slots that hold nothing yet (the first
-frames of a video, absent pointers) are switched off by `memory_valid`, which becomes an additive attention
-bias; the result equals the reference run on the valid entries alone. RoPE uses real cos/sin tables built
-once for `cfg.feat_size` (the reference rotates with complex tensors, which ONNX and Core ML lack).
+frames of a video, absent pointers) are switched off by 0/1 float validities that become an additive
+attention bias by arithmetic alone (no boolean op, no repeat or expand copy: lowered graphs stay whole);
+the result equals the reference run on the valid entries alone. RoPE uses real cos/sin tables built once
+for `cfg.feat_size` (the reference rotates with complex tensors, which ONNX and Core ML lack).
+
+`cfg.efficient_memory` 1 or 2 selects the official `EfficientRoPEAttention1/2` cross-attention (the
+`efficienttam_*_1/_2` configs): spatial memory keys and values 2x2 average-pooled per frame (4x fewer), see
+`efficient_memory.py`.
 """
 
 from __future__ import annotations
@@ -15,72 +20,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.models.efficienttam.config import EfficientTAMConfig
-from edgevit.models.efficienttam.position import apply_rope, axial_rope_tables
+from edgevit.models.efficienttam.efficient_memory import PooledBank, PooledMemory, PooledRoPEAttention
+from edgevit.models.efficienttam.position import axial_rope_tables
+from edgevit.models.efficienttam.rope_attention import RoPEAttention, slot_bias
 
 # Official configs: no downsampling inside attention, a 2048-wide ReLU MLP.
 FFN_DIM = 2048
-# Bias for invalid keys. Finite so that a row with no valid key gives no NaN; exp(-3e4) is exactly 0 in
-# fp32, fp16 and bf16, and -3e4 still fits in fp16 (max 65504).
-MASKED = -3.0e4
-
-
-class RoPEAttention(nn.Module):
-    """Single-head attention with 2-D axial RoPE on queries and on the first `num_rope_frames` * h*w keys.
-
-    The rotated keys are `num_rope_frames` consecutive h*w frames sharing one table (the reference's
-    `rope_k_repeat`); keys after them (object pointers) are left unrotated (its `num_k_exclude_rope`).
-    The official configs use one head, so RoPE runs on [B, N, C] tokens with no head axis (the pair view
-    of the keys then stays within Core ML's rank limit of 5) and the head axis is added by reshapes only
-    for SDPA, whose ONNX lowering takes 4-D tensors (reshapes, not unsqueeze/select, which XNNPACK leaves
-    undelegated).
-    """
-
-    def __init__(self, d_model: int, kv_in_dim: int, num_rope_frames: int) -> None:
-        super().__init__()
-        self.num_rope_frames = num_rope_frames
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(kv_in_dim, d_model)
-        self.v_proj = nn.Linear(kv_in_dim, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attn_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        q = apply_rope(self.q_proj(q), cos, sin)
-        k = self._rope_keys(self.k_proj(k), cos, sin)
-        v = self.v_proj(v)
-        (b, n, c), m = q.shape, k.shape[1]
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, 1, n, c), k.reshape(b, 1, m, c), v.reshape(b, 1, m, c), attn_mask=attn_bias
-        )
-        return self.out_proj(out.reshape(b, n, c))
-
-    def _rope_keys(self, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, m, c = k.shape
-        hw = cos.shape[0]
-        n_rope = self.num_rope_frames * hw
-        # No slice when all keys rotate: a full-extent slice exports as `aten.alias`, which Core ML rejects.
-        frames = k if n_rope == m else k[:, :n_rope]
-        rotated = apply_rope(frames.reshape(b, self.num_rope_frames, hw, c), cos, sin).reshape(b, n_rope, c)
-        if n_rope == m:
-            return rotated
-        return torch.cat((rotated, k[:, n_rope:]), dim=1)
 
 
 class MemoryAttentionLayer(nn.Module):
     """Pre-norm self-attention (RoPE, no additive position), cross-attention to the memory (keys carry
     the memory position encoding), ReLU MLP — the reference layer with its eval-mode dropouts removed."""
 
-    def __init__(self, d_model: int, mem_dim: int, num_maskmem: int) -> None:
+    def __init__(self, cfg: EfficientTAMConfig) -> None:
         super().__init__()
+        d_model, mem_dim = cfg.d_model, cfg.mem_dim
         self.self_attn = RoPEAttention(d_model, d_model, num_rope_frames=1)
-        self.cross_attn_image = RoPEAttention(d_model, mem_dim, num_rope_frames=num_maskmem)
+        if cfg.efficient_memory:
+            self.cross_attn_image = PooledRoPEAttention(d_model, mem_dim, cfg.efficient_memory)
+        else:
+            self.cross_attn_image = RoPEAttention(d_model, mem_dim, num_rope_frames=cfg.num_maskmem)
         self.linear1 = nn.Linear(d_model, FFN_DIM)
         self.linear2 = nn.Linear(FFN_DIM, d_model)
         self.norm1 = nn.LayerNorm(d_model)
@@ -88,17 +47,15 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        memory_with_pos: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attn_bias: torch.Tensor,
+        self, x: torch.Tensor, bank: tuple[torch.Tensor, ...] | PooledBank, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
         y = self.norm1(x)
         x = x + self.self_attn(y, y, y, cos, sin)
-        x = x + self.cross_attn_image(self.norm2(x), memory_with_pos, memory, cos, sin, attn_bias)
+        if isinstance(bank, PooledBank):
+            x = x + self.cross_attn_image(self.norm2(x), bank, cos, sin)
+        else:
+            memory, memory_with_pos, attn_bias = bank
+            x = x + self.cross_attn_image(self.norm2(x), memory_with_pos, memory, cos, sin, attn_bias)
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
@@ -113,16 +70,20 @@ class MemoryAttention(nn.Module):
     def __init__(self, cfg: EfficientTAMConfig) -> None:
         super().__init__()
         hw = cfg.feat_size * cfg.feat_size
+        self.cfg = cfg
         self.num_tokens = hw
         self.num_mem_tokens = cfg.num_maskmem * hw
-        self.num_obj_ptr_tokens = cfg.max_obj_ptrs * (cfg.d_model // cfg.mem_dim)
-        self.layers = nn.ModuleList(
-            MemoryAttentionLayer(cfg.d_model, cfg.mem_dim, cfg.num_maskmem) for _ in range(cfg.memory_attention_layers)
-        )
+        self.ptr_split = cfg.d_model // cfg.mem_dim
+        self.num_obj_ptr_tokens = cfg.max_obj_ptrs * self.ptr_split
+        self.layers = nn.ModuleList(MemoryAttentionLayer(cfg) for _ in range(cfg.memory_attention_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         cos, sin = axial_rope_tables(cfg.d_model, cfg.feat_size, cfg.feat_size, theta=cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("frame_zeros", torch.zeros(1, 1, hw), persistent=False)
+        self.register_buffer("ptr_zeros", torch.zeros(1, 1, self.ptr_split), persistent=False)
+        # no parameters: the state dict stays the official one
+        self.pooled_memory = PooledMemory(cfg) if cfg.efficient_memory else None
 
     @property
     def memory_size(self) -> int:
@@ -135,10 +96,11 @@ class MemoryAttention(nn.Module):
         curr_pos: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
-        memory_valid: torch.Tensor,
+        frame_valid: torch.Tensor,
+        ptr_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """curr, curr_pos [B, h*w, d_model]; memory, memory_pos [B, M, mem_dim]; memory_valid [B, M] (bool
-        or 0/1 float) -> [B, h*w, d_model].
+        """curr, curr_pos [B, h*w, d_model]; memory, memory_pos [B, M, mem_dim]; frame_valid [B, num_maskmem]
+        and ptr_valid [B, max_obj_ptrs] as 0/1 floats -> [B, h*w, d_model].
 
         Invalid memory tokens get zero attention weight; fill them with finite values (zeros), since a NaN
         would still propagate through the zero-weighted sum.
@@ -148,10 +110,15 @@ class MemoryAttention(nn.Module):
                 f"expected {self.num_tokens} current and {self.memory_size} memory tokens, "
                 f"got {curr.shape[1]} and {memory.shape[1]}"
             )
-        b, m = memory_valid.shape
-        attn_bias = ((1.0 - memory_valid.to(curr.dtype)) * MASKED).reshape(b, 1, 1, m)
         memory_with_pos = memory + memory_pos
+        ptr_bias = slot_bias(ptr_valid, self.ptr_zeros)
+        if self.pooled_memory is not None:
+            bank = self.pooled_memory(memory, memory_with_pos, frame_valid, ptr_bias)
+        else:
+            b = memory.shape[0]
+            attn_bias = torch.cat((slot_bias(frame_valid, self.frame_zeros), ptr_bias), dim=1)
+            bank = (memory, memory_with_pos, attn_bias.reshape(b, 1, 1, self.memory_size))
         x = curr + 0.1 * curr_pos
         for layer in self.layers:
-            x = layer(x, memory, memory_with_pos, self.rope_cos, self.rope_sin, attn_bias)
+            x = layer(x, bank, self.rope_cos, self.rope_sin)
         return self.norm(x)

@@ -58,6 +58,7 @@ class MemoryAttentionUnit(nn.Module):
         ptr_tokens = cfg.max_obj_ptrs * (cfg.d_model // cfg.mem_dim)
         memory_pos = torch.cat([mem_pos, mem_pos.new_zeros(1, ptr_tokens, cfg.mem_dim)], dim=1)
         self.register_buffer("memory_pos", memory_pos.clone(), persistent=False)
+        self.register_buffer("frame_ones", torch.ones(cfg.num_maskmem, 1), persistent=False)
         self.hw = hw
 
     def forward(
@@ -74,13 +75,15 @@ class MemoryAttentionUnit(nn.Module):
         split = self.d_model // self.mem_dim
         ptr_tokens = obj_ptrs.reshape(1, self.max_obj_ptrs * split, self.mem_dim)
         tokens = torch.cat([mem_tokens, ptr_tokens], dim=1)
-        valid = torch.cat(
-            [memory_valid.repeat_interleave(self.hw), ptr_valid.repeat_interleave(split)], dim=0
-        ).unsqueeze(0)
-        out = self.attention(curr, self.curr_pos, tokens, self.memory_pos, valid)
+        frame_valid = memory_valid.reshape(1, self.num_maskmem)
+        out = self.attention(
+            curr, self.curr_pos, tokens, self.memory_pos, frame_valid, ptr_valid.reshape(1, self.max_obj_ptrs)
+        )
         out = out.transpose(1, 2).reshape(b, c, h, w)
-        # `where`, not a blend: with every key masked the attention output may be NaN, and a blend keeps it
-        return torch.where(memory_valid.sum() > 0, out, features + self.no_mem_embed)
+        # 1 with any valid memory, else 0 (a product and a clamp: no reduction or boolean op to lower); an exact
+        # blend, since the masking bias is finite and the output is finite even with every key masked
+        has_memory = torch.clamp(frame_valid @ self.frame_ones, 0.0, 1.0).reshape(1, 1, 1, 1)
+        return out * has_memory + (features + self.no_mem_embed) * (1.0 - has_memory)
 
 
 class PromptMaskDecoderUnit(nn.Module):

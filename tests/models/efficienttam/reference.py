@@ -25,7 +25,16 @@ from edgevit.video.tracker import Prompt
 TRUNK = {"ti": (192, 3), "s": (384, 6)}
 
 
-def official_config(size: str = "ti", image_size: int = 512) -> dict:
+# efficienttam_*_1/_2.yaml differ from the base configs only in the memory cross-attention class.
+CROSS_ATTENTION = {
+    0: "sam2.modeling.sam.transformer.RoPEAttention",
+    1: "sam2.modeling.sam.transformer.EfficientRoPEAttention1",
+    2: "sam2.modeling.sam.transformer.EfficientRoPEAttention2",
+}
+
+
+def official_config(size: str = "ti", image_size: int = 512, memory: int = 0) -> dict:
+    """`memory` 1 or 2: the `_1`/`_2` configs' efficient memory cross-attention."""
     embed_dim, num_heads = TRUNK[size]
     rope = {
         "_target_": "sam2.modeling.sam.transformer.RoPEAttention",
@@ -82,7 +91,7 @@ def official_config(size: str = "ti", image_size: int = 512) -> dict:
                 "d_model": 256,
                 "pos_enc_at_cross_attn_keys": True,
                 "pos_enc_at_cross_attn_queries": False,
-                "cross_attention": dict(rope, rope_k_repeat=True, kv_in_dim=64),
+                "cross_attention": dict(rope, rope_k_repeat=True, kv_in_dim=64, _target_=CROSS_ATTENTION[memory]),
             },
             "num_layers": 4,
         },
@@ -147,7 +156,12 @@ def official_config(size: str = "ti", image_size: int = 512) -> dict:
 
 
 def build_reference(
-    size: str = "ti", image_size: int = 512, seed: int = 0, obj_score_bias: float = 20.0, obj_score_gain: float = 1.0
+    size: str = "ti",
+    image_size: int = 512,
+    seed: int = 0,
+    obj_score_bias: float = 20.0,
+    obj_score_gain: float = 1.0,
+    memory: int = 0,
 ) -> torch.nn.Module:
     """The official video predictor with random weights (seeded).
 
@@ -160,7 +174,7 @@ def build_reference(
     from hydra.utils import instantiate
 
     torch.manual_seed(seed)
-    model = instantiate(copy.deepcopy(official_config(size, image_size)), _recursive_=True)
+    model = instantiate(copy.deepcopy(official_config(size, image_size, memory)), _recursive_=True)
     with torch.no_grad():
         head = model.sam_mask_decoder.pred_obj_score_head.layers[-1]
         head.weight.mul_(obj_score_gain)

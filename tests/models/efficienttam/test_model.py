@@ -83,8 +83,35 @@ def test_unknown_model_and_variant_list_valid_ones():
         create("efficienttam", variant="xl")
 
 
-def test_every_unit_exports_with_static_shapes():
-    model = create("efficienttam_ti", image_size=256)
+@pytest.mark.parametrize("memory", [1, 2])
+def test_efficient_memory_variants_load_the_official_layout_strictly(memory, tmp_path):
+    """`efficienttam_{ti,s}_1/_2` are the official `_1`/`_2` configs at 1024; the same memory at 512 has no
+    official checkpoint, which `edgevit models` says."""
+    from edgevit.commands.models import rows
+
+    ref = build_reference("ti", 256, seed=1, memory=memory)
+    path = tmp_path / f"efficienttam_ti_{memory}.pt"
+    torch.save({"model": ref.state_dict()}, path)
+    ours = create(f"efficienttam_ti_{memory}", checkpoint=path, image_size=256)
+    assert ours.cfg.efficient_memory == memory
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in ref.state_dict().items())
+    for size in ("ti", "s"):
+        full, small = create(f"efficienttam_{size}_{memory}"), create(f"efficienttam_{size}_512_{memory}")
+        assert (full.cfg.image_size, small.cfg.image_size) == (1024, 512)
+        assert full.cfg.official_checkpoint and not small.cfg.official_checkpoint
+    notes = {r["name"]: r["note"] for r in rows() if r["model"] == "efficienttam"}
+    assert notes[f"efficienttam_ti_{memory}"] == notes["efficienttam_ti_512"] == ""
+    assert "no official checkpoint" in notes[f"efficienttam_s_512_{memory}"]
+
+
+def test_unknown_efficient_memory_is_refused():
+    with pytest.raises(EdgevitError, match="efficient_memory must be 0 .*, 1 or 2"):
+        create("efficienttam_ti_512", efficient_memory=3)
+
+
+@pytest.mark.parametrize("name", ["efficienttam_ti", "efficienttam_ti_2"])
+def test_every_unit_exports_with_static_shapes(name):
+    model = create(name, image_size=256)
     units = model.deploy_units()
     assert [u.name for u in units] == [
         "image_encoder",
