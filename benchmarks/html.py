@@ -31,9 +31,14 @@ th { background: #f2f2f2; } td:nth-child(-n+3) { text-align: left; }
 
 
 def label(row: dict[str, Any], source: dict[str, Any], many: bool) -> str:
-    """unit · target · precision, with the model and the machine when several results share a plot."""
+    """unit · target · precision, with the model, its variant and the device (the host, for a local run) when
+    several results share a plot: two bundles of one model must not draw as the same label."""
     text = f"{row['unit']} · {row['target']} {row['precision']}"
-    return f"{source['bundle']['model']}/{text} @ {source['machine']['hostname']}" if many else text
+    if not many:
+        return text
+    device = source.get("device", "local")
+    where = source["machine"]["hostname"] if device == "local" else device
+    return f"{source['bundle']['model']} {source['bundle']['variant']}/{text} @ {where}"
 
 
 def build_report(sources: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

@@ -34,17 +34,25 @@ def to_svg(fig: Any) -> str:
 
 
 def latency_plot(points: list[dict[str, Any]]) -> str:
-    """Horizontal bars: median latency per row label, whiskers from p10 to p90."""
+    """Horizontal bars: median latency per row label, whiskers from p10 to p90 where the tool gave samples (a
+    device tool that prints only a mean has none). A log axis when medians span more than 20x, so a 0.3 ms unit
+    is not a hairline beside a 70 ms one."""
+    medians = [p["median_ms"] for p in points]
+    log = max(medians) > 20 * min(medians) > 0
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(points) + 1.2))
         for i, p in enumerate(points):
             y = len(points) - 1 - i
             ax.barh(y, p["median_ms"], color="#4a78b5", gid=f"latency-point-{i}")
-            ax.errorbar(p["median_ms"], y, xerr=[[p["median_ms"] - p["p10_ms"]], [p["p90_ms"] - p["median_ms"]]],
-                        color="#222", capsize=3, lw=1)  # fmt: skip
+            if p.get("p10_ms") is not None and p.get("p90_ms") is not None:
+                low, high = p["median_ms"] - p["p10_ms"], p["p90_ms"] - p["median_ms"]
+                ax.errorbar(p["median_ms"], y, xerr=[[low], [high]], color="#222", capsize=3, lw=1)
         ax.set_yticks(range(len(points)), [p["label"] for p in reversed(points)])
-        ax.set_xlabel("latency, ms (bar: median; whiskers: p10-p90)")
-        ax.set_xlim(left=0)
+        ax.set_xlabel(f"latency, ms{' (log scale)' if log else ''} (bar: median; whiskers: p10-p90)")
+        if log:
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(left=0)
         ax.grid(axis="x", alpha=0.3)
         return to_svg(fig)
 

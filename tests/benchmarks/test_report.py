@@ -119,3 +119,16 @@ def test_existing_report_needs_force(results_file, tmp_path, monkeypatch, capsys
     )
     code, _, _ = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out), "--force")
     assert code == 0 and (tmp_path / "report.md").read_text() != "mine"
+
+
+def test_latency_plot_takes_rows_without_samples_and_spans_orders_of_magnitude() -> None:
+    from benchmarks.html_plots import latency_plot
+
+    svg = latency_plot(
+        [
+            {"label": "adb mean only", "median_ms": 0.3, "p10_ms": None, "p90_ms": None},  # benchmark_model's row
+            {"label": "local", "median_ms": 70.0, "p10_ms": 65.0, "p90_ms": 80.0},
+        ]
+    )
+    assert 'id="latency-point-0"' in svg and 'id="latency-point-1"' in svg
+    assert "log scale" in svg  # 0.3 ms beside 70 ms would be a hairline on a linear axis
