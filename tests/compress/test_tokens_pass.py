@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from edgevit.errors import EdgevitError
 from edgevit.pipeline import Recipe
@@ -57,3 +58,16 @@ def test_bad_token_flags_are_one_line_and_write_nothing(monkeypatch, capsys, tmp
         len(errors) == 1 and message in errors[0]
     )  # (a budget is measured on the model: its weights note comes first)
     assert not out.exists()
+
+
+def test_compression_that_costs_flops_is_refused():
+    """EfficientTAM's 512 encoder: 1024 tokens but only four global blocks, so the token matrices cost more than
+    the smaller MLPs save (measured: +28 % FLOPs at keep 0.5); the pass says so instead of writing a slower model."""
+    from edgevit.models import create
+    from edgevit.pipeline.passes import PassData, apply
+
+    torch.manual_seed(0)
+    model = create("efficienttam", "ti_512").eval()
+    encoder = [u for u in model.deploy_units() if u.name == "image_encoder"]
+    with pytest.raises(EdgevitError, match="costs more FLOPs than it saves .*leave out --tokens"):
+        apply(encoder, TokensConfig("transform", keep=0.5), PassData(("onnx",)))

@@ -95,6 +95,12 @@ def apply(units: Sequence[DeployUnit], config: TokensConfig, data: PassData) -> 
             ) from None
         except ValueError:  # nothing to compress in this unit (e.g. a mask decoder)
             continue
+        if report.flops_after >= report.flops_before:
+            raise EdgevitError(
+                f"unit {unit.name!r}: compressing its tokens costs more FLOPs than it saves ({report.flops_after:,} "
+                f"vs {report.flops_before:,}: the token matrices outweigh what the fewer tokens save, as in "
+                "EfficientTAM's 512 image encoder, whose window blocks keep every token); leave out --tokens here"
+            )
         held_out = data.batches[unit.name].held_out if unit.name in data.batches else [unit.example_inputs]
         per_unit[unit.name] = {
             "flops_before": report.flops_before,
