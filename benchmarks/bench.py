@@ -101,11 +101,30 @@ def bench_bundle(
             outputs[(art["unit"], art["target"], art["precision"])] = result.pop("outputs")
             rows.append({**row, "status": "ok", **measured(result)})
     fidelity_rows(rows, outputs, manifest["model"]["task"])
+    energy: dict[str, Any] = {"measured": False, "reason": energy_reason}
+    if meters:
+        energy = {"measured": True, "meters": [m.name for m in meters]}
+    machine, overhead = describe_machine(), measure_overhead(settings.threads)
+    return results_document(bundle, manifest, settings, inputs_note, "local", machine, energy, overhead, rows)
+
+
+def results_document(
+    bundle: Path,
+    manifest: dict[str, Any],
+    settings: BenchSettings,
+    inputs_note: str,
+    device: str,
+    machine: dict[str, Any],
+    energy: dict[str, Any],
+    overhead: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The results JSON around `rows`, whichever device they were measured on (`benchmarks.devices` uses it too)."""
     return {
         "schema": RESULTS_SCHEMA,
         "schema_version": RESULTS_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": "local",
+        "device": device,
         "bundle": {
             "path": str(bundle.resolve()),
             "model": manifest["model"]["name"],
@@ -118,13 +137,9 @@ def bench_bundle(
         },
         "settings": asdict(settings) | {"targets": list(settings.targets) if settings.targets else None},
         "inputs": inputs_note,
-        "machine": describe_machine(),
-        "energy": (
-            {"measured": True, "meters": [m.name for m in meters]}
-            if meters
-            else {"measured": False, "reason": energy_reason}
-        ),
-        "overhead": measure_overhead(settings.threads),
+        "machine": machine,
+        "energy": energy,
+        "overhead": overhead,
         "rows": rows,
     }
 

@@ -13,12 +13,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
+from edgevit.data.bench_inputs import bench_inputs
 from edgevit.errors import EdgevitError
-
-FIDELITY_INPUTS = 8
 
 
 def bench(
@@ -30,11 +28,13 @@ def bench(
     as_json: bool,
     out: Path | None,
     force: bool,
+    device: str = "local",
 ) -> None:
     from rich.console import Console
 
-    from benchmarks.bench import BenchSettings, bench_bundle
+    from benchmarks.bench import BenchSettings
     from benchmarks.bench_results import results_tables
+    from benchmarks.devices import DeviceError, open_device
     from benchmarks.report import json_safe, print_tables
     from converters.bundle import atomic_file, check_file_out, read_manifest
     from converters.targets.registry import resolve_targets
@@ -49,8 +49,13 @@ def bench(
     inputs, note = bench_inputs(manifest)
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, targets=targets)
     console = Console(stderr=True)
-    with bench_progress(console) as progress:
-        results = bench_bundle(bundle, inputs, note, settings, progress)
+    try:  # a device that cannot be reached or is lost mid-run: one line (the farm records it instead)
+        bench_on = open_device(device)
+        bench_on.check()
+        with bench_progress(console) as progress:
+            results = bench_on.bench(bundle, settings, progress, (inputs, note))
+    except DeviceError as exc:
+        raise EdgevitError(str(exc)) from None
     text = json.dumps(json_safe(results), indent=1, allow_nan=False) + "\n"
     if out is not None:
         with atomic_file(out, force) as tmp:
@@ -59,49 +64,6 @@ def bench(
         sys.stdout.write(text)
     else:
         print_tables(results_tables(results), Console())
-
-
-def bench_inputs(manifest: dict[str, Any]) -> tuple[dict[str, list[tuple[np.ndarray, ...]]], str]:
-    """Per unit, `FIDELITY_INPUTS` input tuples (photos for the image input, seeded random for the rest)."""
-    from edgevit.data.images import load_rgb, preprocess
-    from edgevit.models.spec import ModelSpec
-
-    model = manifest["model"]
-    size = list(model["input_size"])
-    photos, record = load_rgb("builtin", min_images=1, max_images=FIDELITY_INPUTS)
-    spec = ModelSpec(
-        model["name"], model["variant"], tuple(size), model["task"], tuple(model["mean"]), tuple(model["std"])
-    )
-    raw = ModelSpec(model["name"], model["variant"], tuple(size), model["task"], (0.0, 0.0, 0.0), (1 / 255,) * 3)
-    inputs: dict[str, list[tuple[np.ndarray, ...]]] = {}
-    for unit in manifest["units"]:
-        rng = np.random.default_rng(0)
-        samples = []
-        for s in range(FIDELITY_INPUTS):
-            sample = []
-            for tensor in unit["inputs"]:
-                if tensor["shape"] == [1, 3, *size] and tensor["dtype"] == "float32":
-                    how = raw if tensor["name"] in unit["image_inputs"] else spec
-                    sample.append(preprocess(photos[s % len(photos)], how).numpy())
-                else:
-                    sample.append(random_input(rng, tensor["shape"], tensor["dtype"]))
-            samples.append(tuple(sample))
-        inputs[unit["name"]] = samples
-    note = (
-        f"{FIDELITY_INPUTS} inputs per unit: image inputs from {record['used']} photo(s) scikit-image ships "
-        "(resized, centre-cropped, normalised as the manifest says), other inputs seeded random (seed 0); "
-        "the first is the one timed"
-    )
-    return inputs, note
-
-
-def random_input(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarray:
-    """A seeded input of `shape`: standard normal floats, 0/1 for bool, small non-negative integers."""
-    if dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype.startswith(("int", "uint")):
-        return rng.integers(0, 2, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
 
 
 def bench_progress(console: Any) -> Any:
@@ -137,9 +99,12 @@ def bench_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the results JSON here (input to `edgevit report`).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    device: Annotated[
+        str, typer.Option(help="local, ssh:[USER@]HOST[:PORT], adb:SERIAL or mac:HOST (see benchmarks/devices).")
+    ] = "local",
 ) -> None:
     """Time every artifact of a bundle here: latency, throughput, peak memory, load time, fidelity, energy.
 
-    Example: edgevit bench bundle/ --runs 50 --threads 1 --out results.json
+    Example: edgevit bench bundle/ --runs 50 --threads 1 --out results.json  (add --device ssh:pi@board to run there)
     """
-    bench(bundle, target, runs, warmup, threads, as_json, out, force)
+    bench(bundle, target, runs, warmup, threads, as_json, out, force, device)
