@@ -1,7 +1,7 @@
 """`edgevit report` from real bench results: one HTML page that parses, loads nothing from elsewhere and has a
-plot with data points for each figure; report.json and report.md beside it; bad results refused in one line.
-
-(A render check in headless Chromium is not here: Debian's chromium is not part of the CI install.)
+plot with data points for each figure; report.json and report.md beside it; bad results refused in one line;
+and the page as a browser shows it: Debian's chromium (installed by the README's test command) driven headless
+through playwright.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from benchmarks.energy import joules_per_inference
 from benchmarks.html import build_report, render_html
 from converters.bundle import read_manifest
 from edgevit.bundle import write_bundle
-from edgevit.commands.bench import bench_inputs
+from edgevit.data.bench_inputs import bench_inputs
 from edgevit.models import create
 from tests.test_cli import run
 
@@ -132,3 +132,42 @@ def test_latency_plot_takes_rows_without_samples_and_spans_orders_of_magnitude()
     )
     assert 'id="latency-point-0"' in svg and 'id="latency-point-1"' in svg
     assert "log scale" in svg  # 0.3 ms beside 70 ms would be a hairline on a linear axis
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, as the README's test command installs it
+
+
+def test_the_page_renders_in_headless_chromium_with_data_in_every_plot_and_no_console_errors(
+    results_file, tmp_path, monkeypatch, capsys
+):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's chromium (see the README's test command)"
+    out = tmp_path / "report.html"
+    code, _, err = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out))
+    assert code == 0, err
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on(
+                "console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.goto(out.as_uri(), wait_until="load")
+            plots = page.evaluate(
+                """() => Array.from(document.querySelectorAll('svg')).map(svg => ({
+                    width: svg.getBoundingClientRect().width,
+                    points: Array.from(svg.querySelectorAll('[id*="-point-"]'))
+                        .filter(p => { const r = p.getBoundingClientRect(); return r.width > 0 && r.height > 0; })
+                        .length,
+                }))"""
+            )
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not problems, problems
+    assert len(plots) == 2 and all(p["width"] > 200 and p["points"] >= 1 for p in plots), plots
+    assert (tmp_path / "report.png").stat().st_size > 10_000  # something was drawn
