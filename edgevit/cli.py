@@ -57,6 +57,9 @@ def track_cmd(
     max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after this many frames.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    profile: Annotated[
+        bool, typer.Option(help="Time each unit and the loop per frame; print the table (and put it in --json).")
+    ] = False,
 ) -> None:
     """Track one object through a video from a first-frame prompt; write masks and an overlay video.
 
@@ -78,6 +81,7 @@ def track_cmd(
         max_frames,
         force,
         as_json,
+        profile,
     )
 
 

@@ -16,6 +16,7 @@ from edgevit.errors import EdgevitError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from edgevit.video.profile import FrameProfile
     from edgevit.video.tracker import Prompt, Tracker
 
 
@@ -62,12 +63,14 @@ def track(
     max_frames: int | None,
     force: bool,
     as_json: bool,
+    profile: bool = False,
 ) -> None:
     from rich.console import Console
 
     from converters.bundle import atomic_dir, check_out
     from edgevit.data.video import video_info
     from edgevit.video.assemble import make_tracker
+    from edgevit.video.profile import FrameProfile
     from edgevit.video.tracker import Prompt
 
     console = Console(stderr=True)
@@ -87,8 +90,11 @@ def track(
     if source["weights"] == "random":
         console.print("[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]")
     estimate = min(count, max_frames) if count and max_frames else (count or max_frames)
+    profiled = FrameProfile() if profile else None
     with atomic_dir(out, force) as tmp:
-        areas, times = _track_into(tmp, tracker, prompt, path, max_frames, estimate, (width, height), fps, console)
+        areas, times = _track_into(
+            tmp, tracker, prompt, path, max_frames, estimate, (width, height), fps, console, profiled
+        )
     summary = {
         "video": str(path),
         "frames": len(areas),
@@ -97,6 +103,9 @@ def track(
         "mask_area_fraction": [round(a, 4) for a in areas],
         "median_ms_per_frame": round(1000 * float(np.median(times)), 1),
     }
+    if profiled is not None:  # the table goes to stderr, so stdout stays one JSON document with --json
+        summary["profile"] = profiled.summary()
+        console.print(_profile_table(summary["profile"], source["runtime"]))
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
@@ -138,6 +147,7 @@ def _track_into(
     size: tuple[int, int],
     fps: float,
     console: Console,
+    profile: FrameProfile | None = None,
 ) -> tuple[list[float], list[float]]:
     """Track `path` frame by frame into `folder` (one mask PNG per frame and overlay.mp4); (mask areas, seconds).
 
@@ -162,8 +172,14 @@ def _track_into(
             # The tracker needs no frame count: tracking forward from frame 0, the official cap of object
             # pointers at the video's length never binds before the frames run out.
             frames = _Latest(read_frames(path, max_frames))
+            if profile is not None:
+                tracker, fed = profile.attach(tracker), profile.feed(frames)
+            else:
+                fed = frames
             t0 = time.perf_counter()
-            for result in tracker.track(frames, prompt):
+            for result in tracker.track(fed, prompt):
+                if profile is not None:
+                    profile.frame_done()
                 times.append(time.perf_counter() - t0)
                 frame = frames.of(result.index)
                 if frame.shape[:2] != (height, width):
@@ -183,3 +199,20 @@ def _track_into(
     if not (folder / "overlay.mp4").is_file() or (folder / "overlay.mp4").stat().st_size == 0:
         raise EdgevitError(f"opencv wrote no overlay.mp4 for {path.name}; check free disk space and the codec")
     return areas, times
+
+
+def _profile_table(profile: dict, runtime: str):
+    """The --profile table: median/p90 ms per unit and the loop's Python, share of the frame, FPS."""
+    from rich.table import Table
+
+    from edgevit.video.profile import profile_rows
+
+    table = Table(
+        title=f"time per frame, {runtime} ({profile['frames_measured']} frames after {profile['frames_skipped']} "
+        f"skipped; {profile['fps']} FPS)"
+    )
+    for column in ("part", "median ms", "p90 ms", "share %"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for row in profile_rows(profile):
+        table.add_row(*(str(v) for v in row))
+    return table

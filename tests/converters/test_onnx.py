@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from converters import convert, load_runner
@@ -33,3 +34,16 @@ def test_runner_states_threads_and_leaves_only_artifacts(arts):
     out, by_unit = arts
     assert load_runner("onnx", by_unit["tiny_vit"].path, num_threads=2).num_threads == 2
     assert sorted(p.name for p in out.iterdir()) == ["cross.fp32.onnx", "tiny_vit.fp32.onnx"]
+
+
+def test_runner_spins_only_when_asked(arts, fresh_inputs):
+    from converters.targets.onnx.runner import OnnxRuntimeRunner
+
+    path = arts[1]["tiny_vit"].path
+    quiet, spinning = OnnxRuntimeRunner(path, 2), OnnxRuntimeRunner(path, 2, allow_spinning=True)
+    key = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    x = [t.numpy() for t in fresh_inputs["tiny_vit"]]
+    for a, b in zip(quiet.run(*x), spinning.run(*x), strict=True):  # a thread-pool setting, not arithmetic
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -25,12 +25,24 @@ _ORT_TYPES = {
 }
 
 
+ALLOW_SPINNING = False
+
+
 class OnnxRuntimeRunner:
-    """onnxruntime on the CPU provider with every graph optimisation enabled and a stated thread count."""
+    """onnxruntime on the CPU provider with every graph optimisation enabled and a stated thread count.
+
+    `allow_spinning`: whether the intra-op pool's idle threads busy-wait for the next op
+    ("session.intra_op.allow_spinning"); off unless asked. Measured on the EfficientTAM-Ti 512 tracker (bikes.mp4,
+    fp32 ONNX units, 2-core machine shared at load ~3, trackers round-robin; benchmarks/results/tracker_fps.md):
+    2 threads spinning took 1672 ms a frame, 2 threads not spinning 971 ms (1.7x faster); at 1 thread the pool
+    has no idle thread to spin (898 vs 823 ms, noise); eager torch took 1050 (1 thread) and 1190 ms (2 threads).
+    A spinning pool burns the core that the next unit, the tracker's own Python or a neighbour process needs,
+    so on a small shared machine it only loses.
+    """
 
     target = "onnx"
 
-    def __init__(self, path: Path, num_threads: int | None = None) -> None:
+    def __init__(self, path: Path, num_threads: int | None = None, allow_spinning: bool = ALLOW_SPINNING) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -39,6 +51,8 @@ class OnnxRuntimeRunner:
         options.intra_op_num_threads = self.num_threads
         # One graph per unit runs sequentially; inter-op threads would only contend for the same cores.
         options.inter_op_num_threads = 1
+        self.allow_spinning = allow_spinning
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = tuple(_ort_spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(_ort_spec(a) for a in self.session.get_outputs())
