@@ -252,3 +252,34 @@ def test_parity_gate_leaves_no_file(unit, plan, held_out, tmp_path) -> None:
     ):
         convert_quantized(unit, "onnx", plan, tmp_path, parity_inputs=held_out, min_sqnr_db=200.0)
     assert list(tmp_path.iterdir()) == []
+
+
+class SharedProjection(nn.Module):
+    """One Linear applied to two token sets, as EfficientTAM's pooled memory attention applies k_proj to the pooled
+    bank and to the object pointers: the exporter writes one Transpose of the weight feeding both MatMuls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(64, 256)  # large enough that the exporter does not fold the shared Transpose
+        self.head = nn.Linear(256, 4)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat((self.proj(a), self.proj(b)), dim=1))
+
+
+def test_onnx_quantizes_a_linear_called_twice(tmp_path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    model = SharedProjection().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(1, 8, 64, generator=g), torch.randn(1, 3, 64, generator=g)) for _ in range(12)]
+    unit = DeployUnit("shared", model, batches[0], ("a", "b"), ("out",))
+    fp32 = convert(unit, "onnx", "fp32", tmp_path / "fp32")
+    shared = [n for n in onnx.load(str(fp32.path)).graph.node if n.op_type == "Transpose"]
+    assert shared, "the exporter no longer shares the weight through a Transpose: this test checks nothing"
+    plan = calibrate(model, batches[:8], progress=False)
+    art = convert_quantized(unit, "onnx", plan, tmp_path, parity_inputs=batches[8:])
+    assert art.parity["out"].sqnr_db >= 30.0
+    kernels = optimized_op_counts(art.path)
+    assert sum(kernels[op] for op in ORT_INT8_OPS) == 3  # both calls of proj and the head run int8

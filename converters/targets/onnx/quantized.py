@@ -42,6 +42,7 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
 
     result = lower_fp(unit, "fp32", path)
     model = onnx.load(str(path))
+    _fold_weight_transposes(model)
     placed = _insert_qdq(model, plan, unit.module)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
@@ -58,6 +59,27 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
         ort_float_gemms={op: kernels[op] for op in ("MatMul", "Gemm", "Conv", "FusedMatMul") if kernels[op]},
     )
     return TargetResult(inputs=result["inputs"], outputs=result["outputs"], facts=facts), apply_plan(unit.module, plan)
+
+
+def _fold_weight_transposes(model: Any) -> None:
+    """Store Wᵀ for every Transpose of a stored weight. A Linear called more than once (EfficientTAM's pooled
+    memory attention runs k_proj/v_proj on the pooled bank, the single frame and the pointers) is exported as one
+    Transpose of its weight feeding each call's MatMul; folded, every MatMul reads an initializer the QDQ
+    rewrite can check against the module and quantize, as for a Linear called once."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Transpose" and len(node.input) == 1 and node.input[0] in inits:
+            perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+            folded = np.ascontiguousarray(np.transpose(numpy_helper.to_array(inits[node.input[0]]), perm))
+            graph.initializer.append(numpy_helper.from_array(folded, node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _owner(node: Any) -> str | None:
