@@ -100,6 +100,30 @@ def print_tables(tables: Sequence[Table], console: Console | None = None) -> Non
             console.print(f"  · {note}", style="dim")
 
 
+def publish(
+    out_dir: Path,
+    name: str,
+    *,
+    title: str,
+    machine: dict[str, Any],
+    tables: Sequence[Table],
+    summary: Sequence[str] = (),
+    data: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> tuple[Path, Path]:
+    """What every suite does last: write the results (`write_report`), show the tables and the summary, and say
+    where the files went."""
+    console = console or Console()
+    json_path, md_path = write_report(
+        out_dir, name, title=title, machine=machine, tables=tables, summary=summary, data=data
+    )
+    print_tables(tables, console)
+    for line in summary:
+        console.print(f"• {line}")
+    console.print(f"wrote {json_path} and {md_path}")
+    return json_path, md_path
+
+
 def write_report(
     out_dir: Path,
     name: str,

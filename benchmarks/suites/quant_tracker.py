@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table, publish
 from benchmarks.timing import Stats, set_threads
 
 EXAMPLE = (
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Threads: {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load "
         f"{machine['load_average']} → {load_average()}; whole run {time.perf_counter() - started:.0f} s.",
     ]
-    json_path, md_path = write_report(
+    publish(
         args.out,
         args.name,
         title="Int8 EfficientTAM tracker vs fp32",
@@ -190,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         tables=tables,
         summary=summary,
         data={"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": results},
+        console=console,
     )
-    print_tables(tables, console)
-    for line in summary:
-        console.print(f"• {line}")
-    console.print(f"wrote {json_path} and {md_path}")
     return 0
 
 

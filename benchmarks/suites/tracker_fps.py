@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table, publish
 from benchmarks.timing import set_threads
 
 EXAMPLE = (
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": results,
         "ort_settings": settings,
     }
-    json_path, md_path = write_report(
+    publish(
         args.out,
         args.name,
         title="EfficientTAM tracker FPS",
@@ -254,11 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         tables=tables,
         summary=summary,
         data=data,
+        console=console,
     )
-    print_tables(tables, console)
-    for line in summary:
-        console.print(f"• {line}")
-    console.print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.cli import comma_list, suite_console
 from benchmarks.machine import describe_machine, gemm_gflops, load_average
-from benchmarks.report import print_tables, write_report
+from benchmarks.report import publish
 from benchmarks.suites.lowering.measure import UNITS, run_model
 from benchmarks.suites.lowering.report import conversion_table, goals, latency_table, threading_warning
 from converters import TARGETS
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm_fp32": {"start": gemm_start, "end": gemm_end},
         "models": results,
     }
-    json_path, md_path = write_report(
+    publish(
         args.out,
         args.name,
         title="Lowering: EfficientTAM units, converted and timed against eager PyTorch",
@@ -133,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         tables=tables,
         summary=summary,
         data=data,
+        console=console,
     )
-    print_tables(tables, console)
-    for line in summary:
-        console.print(f"• {line}")
-    console.print(f"wrote {json_path} and {md_path}")
     return 0

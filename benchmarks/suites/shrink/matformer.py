@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table, publish
 from benchmarks.timing import set_threads
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['load_average']} → {load_average()}; whole run {time.perf_counter() - started:.0f} s.",
     ]
     tables = [table(rows)]
-    json_path, md_path = write_report(
+    publish(
         args.out,
         args.name,
         title="MatFormer: Mix'n'Match extraction vs independent training",
@@ -136,10 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         summary=summary,
         data={"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows},
     )
-    print_tables(tables)
-    for line in summary:
-        print(f"• {line}")
-    print(f"wrote {json_path} and {md_path}")
     return 0
 
 
