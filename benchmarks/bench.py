@@ -78,13 +78,7 @@ def bench_bundle(
     """
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    chosen = [
-        (i, art)
-        for i, art in enumerate(manifest["artifacts"])
-        if settings.targets is None or art["target"] in settings.targets
-    ]
-    for i, art in chosen:
-        verify_artifact(bundle, art, i)
+    chosen = chosen_artifacts(bundle, manifest, settings)
     meters, energy_reason = find_meters(Path(settings.sys_root))
     rows, outputs = [], {}
     with tempfile.TemporaryDirectory(prefix="edgevit-bench-") as tmp:
@@ -142,6 +136,18 @@ def results_document(
         "overhead": overhead,
         "rows": rows,
     }
+
+
+def chosen_artifacts(bundle: Path, manifest: dict[str, Any], settings: BenchSettings) -> list[tuple[int, dict]]:
+    """The artifacts `settings.targets` selects, each checked against its sha256 before anything is copied or run."""
+    chosen = [
+        (i, art)
+        for i, art in enumerate(manifest["artifacts"])
+        if settings.targets is None or art["target"] in settings.targets
+    ]
+    for i, art in chosen:
+        verify_artifact(bundle, art, i)
+    return chosen
 
 
 def base_row(art: dict[str, Any]) -> dict[str, Any]:

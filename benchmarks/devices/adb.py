@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import BenchSettings, Progress, base_row, results_document
-from benchmarks.devices.base import BenchInputs, DeviceError, DeviceLost, chosen_artifacts, label_of
+from benchmarks.bench import BenchSettings, Progress, base_row, chosen_artifacts, results_document
+from benchmarks.devices.base import BenchInputs, DeviceError, DeviceLost, label_of
 from benchmarks.devices.tool_output import ToolOutputError, parse_benchmark_model, parse_executor_runner
 from converters.bundle import read_manifest
 

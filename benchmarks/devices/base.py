@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from benchmarks.bench import BenchSettings, Progress
-from converters.bundle import verify_artifact
 
 UnitInputs = Mapping[str, Sequence[tuple[np.ndarray, ...]]]
 BenchInputs = tuple[UnitInputs, str]
@@ -62,18 +61,6 @@ def seeded_inputs(manifest: dict[str, Any], samples: int = SEEDED_SAMPLES) -> Be
             rows.append(tuple(sample))
         inputs[unit["name"]] = rows
     return inputs, f"{samples} seeded random inputs per unit (seed 0; no photos: the caller passed no inputs)"
-
-
-def chosen_artifacts(bundle: Path, manifest: dict[str, Any], settings: BenchSettings) -> list[tuple[int, dict]]:
-    """The artifacts `settings.targets` selects, each checked against its sha256 before anything is copied or run."""
-    chosen = [
-        (i, art)
-        for i, art in enumerate(manifest["artifacts"])
-        if settings.targets is None or art["target"] in settings.targets
-    ]
-    for i, art in chosen:
-        verify_artifact(bundle, art, i)
-    return chosen
 
 
 def label_of(art: dict[str, Any]) -> str:

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import BenchSettings, Progress, base_row, measured, results_document
+from benchmarks.bench import BenchSettings, Progress, base_row, chosen_artifacts, measured, results_document
 from benchmarks.bench_fidelity import fidelity_rows
-from benchmarks.devices.base import BenchInputs, DeviceError, DeviceLost, chosen_artifacts, label_of, seeded_inputs
+from benchmarks.devices.base import BenchInputs, DeviceError, DeviceLost, label_of, seeded_inputs
 from converters.bundle import read_manifest
 
 RUNNER = Path(__file__).with_name("board_runner.py")
