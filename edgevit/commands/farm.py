@@ -23,11 +23,9 @@ def farm_run(farm_file: Path, bundles: list[Path], db: Path, ray: str | None, as
     from rich.console import Console
 
     from benchmarks.farm.errors import FarmError
-    from benchmarks.farm.export import status_table
     from benchmarks.farm.run import run_farm
     from benchmarks.farm.spec import FarmSpec
     from benchmarks.farm.store import Store, run_lock
-    from benchmarks.report import print_tables
     from edgevit.data.bench_inputs import bench_inputs
 
     console = Console(stderr=True)
@@ -49,10 +47,7 @@ def farm_run(farm_file: Path, bundles: list[Path], db: Path, ray: str | None, as
                 store.close()
     except FarmError as exc:
         raise EdgevitError(str(exc)) from None
-    if as_json:
-        sys.stdout.write(json.dumps([j.summary() for j in jobs], indent=1) + "\n")
-    else:
-        print_tables([status_table(jobs, db)], Console())
+    _show(jobs, db, as_json)
     if failed := [j for j in jobs if j.status != "done"]:
         raise EdgevitError(
             f"{len(failed)} of {len(jobs)} jobs failed ({failed[0].device}: {failed[0].error}); they are recorded "
@@ -61,12 +56,9 @@ def farm_run(farm_file: Path, bundles: list[Path], db: Path, ray: str | None, as
 
 
 def farm_status(db: Path, as_json: bool) -> None:
-    from rich.console import Console
 
     from benchmarks.farm.errors import FarmError
-    from benchmarks.farm.export import status_table
     from benchmarks.farm.store import Store
-    from benchmarks.report import print_tables
 
     try:
         store = Store(db)
@@ -74,6 +66,16 @@ def farm_status(db: Path, as_json: bool) -> None:
         store.close()
     except FarmError as exc:
         raise EdgevitError(str(exc)) from None
+    _show(jobs, db, as_json)
+
+
+def _show(jobs: list, db: Path, as_json: bool) -> None:
+    """The jobs as JSON (one summary each) or as the status table: what `run` and `status` both print."""
+    from rich.console import Console
+
+    from benchmarks.farm.export import status_table
+    from benchmarks.report import print_tables
+
     if as_json:
         sys.stdout.write(json.dumps([j.summary() for j in jobs], indent=1) + "\n")
     else:
