@@ -102,10 +102,10 @@ def split(
 ) -> None:
     from converters import resolve_targets
     from converters.bundle import check_out
-    from edgevit.compress.matformer.data import load_labelled
     from edgevit.compress.split.devices import read_devices
     from edgevit.compress.split.split import SplitSettings, split_classifier
     from edgevit.compress.split.submodel import DistillSettings, prune_settings
+    from edgevit.data.labelled import load_labelled
     from edgevit.models import create
     from edgevit.pipeline import parse_overrides
 

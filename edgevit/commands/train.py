@@ -32,7 +32,8 @@ def train(
     import torch
 
     from converters.bundle import atomic_file, check_file_out
-    from edgevit.compress.matformer import MatTrainConfig, load_labelled, trained
+    from edgevit.compress.matformer import MatTrainConfig, trained
+    from edgevit.data.labelled import load_labelled
     from edgevit.models import create
     from edgevit.pipeline import parse_overrides
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.compress.matformer import load_labelled
+from edgevit.data.labelled import load_labelled
 from edgevit.models import create
 from tests.test_cli import run
 

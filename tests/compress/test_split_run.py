@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.compress.matformer.data import load_labelled
 from edgevit.compress.split import (
     Device,
     DistillSettings,
@@ -28,6 +27,7 @@ from edgevit.compress.split import (
     split_classifier,
 )
 from edgevit.compress.split.fusion import fuse_scores
+from edgevit.data.labelled import load_labelled
 from edgevit.errors import EdgevitError
 from edgevit.models import create
 from edgevit.training.distill import TrainConfig, predict, train

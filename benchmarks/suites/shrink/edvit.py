@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_full(epochs: int, seed: int):
-    from edgevit.compress.matformer.data import load_labelled
+    from edgevit.data.labelled import load_labelled
     from edgevit.models import create
     from edgevit.training.distill import TrainConfig, train
 

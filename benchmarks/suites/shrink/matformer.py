@@ -56,8 +56,9 @@ def choices(model, data) -> list[tuple[str, list[int]]]:
 
 
 def run_seed(seed: int, epochs: int) -> list[dict[str, Any]]:
-    from edgevit.compress.matformer import MatTrainConfig, load_labelled, measure_ms, train_matvit
+    from edgevit.compress.matformer import MatTrainConfig, measure_ms, train_matvit
     from edgevit.compress.matformer.train import accuracy
+    from edgevit.data.labelled import load_labelled
     from edgevit.models import create
     from edgevit.models.spec import count_parameters
     from edgevit.training.distill import TrainConfig, train

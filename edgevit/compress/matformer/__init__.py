@@ -13,7 +13,6 @@ What the paper does, and what is here:
 - Budgets in parameters (exact) or in latency measured through ONNX Runtime on this machine (`latency`).
 """
 
-from edgevit.compress.matformer.data import Labelled, LabelledData, load_labelled
 from edgevit.compress.matformer.latency import LatencyModel, measure_ms
 from edgevit.compress.matformer.search import Candidate, mix_n_match, monotone_choices, score
 from edgevit.compress.matformer.train import GranularitySampler, MatTrainConfig, train_matvit, trained
@@ -21,11 +20,8 @@ from edgevit.compress.matformer.train import GranularitySampler, MatTrainConfig,
 __all__ = [
     "Candidate",
     "GranularitySampler",
-    "Labelled",
-    "LabelledData",
     "LatencyModel",
     "MatTrainConfig",
-    "load_labelled",
     "measure_ms",
     "mix_n_match",
     "monotone_choices",

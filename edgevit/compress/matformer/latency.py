@@ -20,16 +20,10 @@ from edgevit.compress.latency import unit_ms
 from edgevit.models.matvit import MatViT
 
 
-def default_cache() -> Path:
-    from edgevit.training.students import default_cache_dir
-
-    return default_cache_dir().parent / "matformer" / "latency.json"
-
-
 def measure_ms(module: nn.Module, cache: Path | None = None) -> float:
     """Median ONNX Runtime latency in ms of `module`'s one deploy unit (a model with `deploy_units()`), cached."""
     (unit,) = module.deploy_units()
-    return unit_ms(unit, cache or default_cache())
+    return unit_ms(unit, cache)
 
 
 class LatencyModel:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edgevit.compress.matformer.data import Labelled
+from edgevit.data.labelled import Labelled
 from edgevit.errors import EdgevitError
 from edgevit.models.matvit import MatViT
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgevit.compress.matformer.data import LabelledData
+from edgevit.data.labelled import LabelledData
 from edgevit.errors import EdgevitError
 from edgevit.models.matvit import MatViT
 

@@ -65,7 +65,8 @@ def check(config: MatFormerConfig, names: Names) -> None:
 
 def apply(units: Sequence[DeployUnit], config: MatFormerConfig, data: PassData) -> tuple[list[DeployUnit], PassRecord]:
     """Choose per-block widths on held-out labelled images and swap the MatViT for the extracted ViT."""
-    from edgevit.compress.matformer import LatencyModel, load_labelled, mix_n_match
+    from edgevit.compress.matformer import LatencyModel, mix_n_match
+    from edgevit.data.labelled import load_labelled
     from edgevit.models.matvit import MatViT
 
     if len(units) != 1 or not isinstance(units[0].module, MatViT):

@@ -1,7 +1,7 @@
-"""Labelled images for MatFormer training and Mix'n'Match selection: scikit-learn's digits, or a user's folder.
+"""Labelled images: scikit-learn's digits, or a user's folder of class sub-folders.
 
-Training needs labels, and Mix'n'Match needs held-out labelled images to score candidate sub-models on, so the
-same source gives both, split the same way every time:
+Training (MatFormer, ED-ViT's sub-models) needs labels, and selection (Mix'n'Match candidates, ED-ViT's fused
+accuracy) needs held-out labelled images, so the same source gives both, split the same way every time:
 - "builtin": the digits (`edgevit.data.digits`) at the model's input size; training takes the digits' training
   part, selection their calibration part (never trained on) and the reported figures their test part;
 - a folder with one sub-folder per class (the sub-folder's name is the class): every fifth image of each class
