@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.bench_fidelity import fidelity_rows
 from benchmarks.bench_overhead import measure_overhead
+from benchmarks.bench_quant import quant_facts
 from benchmarks.bench_results import RESULTS_SCHEMA, RESULTS_VERSION, latency_summary
 from benchmarks.energy import find_meters
 from benchmarks.machine import describe_machine
@@ -135,6 +136,7 @@ def results_document(
         "energy": energy,
         "overhead": overhead,
         "rows": rows,
+        "quant": quant_facts(bundle, manifest),
     }
 
 

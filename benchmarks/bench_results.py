@@ -139,4 +139,81 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
         f"harness overhead: {over.get('summary', 'not measured')}",
     ]
     fidelity.notes = [f"inputs: {results['inputs']}"]
-    return [speed, fidelity]
+    return [speed, fidelity, *tracker_tables(results.get("tracker")), *quant_tables(results.get("quant"))]
+
+
+def quant_tables(quant: dict[str, Any] | None) -> list[Table]:
+    """Per quantized unit, its plan layer by layer: bits, and where the plan was searched the layer's measured
+    sensitivity (output SQNR with it alone quantized at those bits) and why it got them."""
+    tables = []
+    for unit in (quant or {}).get("units", []):
+        table = Table(
+            f"Quantization plan, {unit['unit']} ({quant['method']}, bits {quant['bits']})",
+            ["layer", "kind", "bits", "SQNR dB alone", "drop dB", "noise %", "why"],
+        )
+        for layer in unit["layers"]:
+            bits = f"W{layer['weight_bits']}A{layer['act_bits']}" if layer["weight_bits"] else f"A{layer['act_bits']}"
+            share = layer["noise_share"]
+            table.rows.append([layer["layer"], layer["kind"], bits, fmt(_number(layer["sqnr_db"])),
+                               fmt(layer["sqnr_drop_db"], 2), fmt(100 * share, 2) if share is not None else None,
+                               layer["why"]])  # fmt: skip
+        if unit.get("sensitivity"):
+            table.notes.append(
+                "SQNR dB alone: the unit's output with only this layer quantized at its bits (measured on the "
+                "calibration data); drop: against its highest candidate; noise %: its share of the predicted noise"
+            )
+            table.notes += [_budget_note(b) for b in unit["budgets"]]
+            if (predicted := _number(unit.get("predicted_sqnr_db"))) is not None:
+                table.notes.append(f"predicted unit SQNR with every layer quantized: {predicted:.1f} dB")
+        else:
+            table.notes.append(unit.get("note", "a uniform plan: no per-layer sensitivity was measured"))
+        tables.append(table)
+    return tables
+
+
+def _budget_note(budget: dict[str, Any]) -> str:
+    unit = " bytes" if budget["unit"] == "B" else f" {budget['unit']}"
+    return f"{budget['kind']} budget {fmt(budget['limit'])}{unit}, used {fmt(budget['used'])}{unit}"
+
+
+def tracker_tables(tracker: dict[str, Any] | None) -> list[Table]:
+    """An EfficientTAM bundle's trackers: mask IoU against the reference on the clip, and J&F on DAVIS folders."""
+    if not tracker:
+        return []
+    clip = Table("Tracker fidelity (mask IoU vs reference)", ["tracker", "status", "mean IoU", "min IoU",
+                 "logit SQNR dB", "reference mask area", "note"])  # fmt: skip
+    for row in tracker.get("rows", []):
+        name = f"{row['target']} {row['precision']}"
+        if row["status"] != "ok":
+            clip.rows.append([name, row["status"], None, None, None, None, row["reason"]])
+            continue
+        iou = [fmt(row.get("iou_mean"), 4), fmt(row.get("iou_min"), 4)]
+        area = fmt(row.get("reference_area"))
+        clip.rows.append([name, "ok", *iou, fmt(_number(row.get("logit_sqnr_db"))), area, row.get("note")])
+    clip.notes = [f"clip: {tracker.get('clip')}", f"reference: {tracker.get('reference', tracker.get('note'))}"]
+    clip.notes += [f"label: {tracker['label']}"] if tracker.get("label") else []
+    tables = [clip]
+    if davis := tracker.get("davis"):
+        table = Table("Tracker J&F on DAVIS-layout ground truth", ["tracker", "J", "F", "J&F", "objects", "note"])
+        for row in davis["rows"]:
+            if row["status"] != "ok":
+                table.rows.append([f"{row['target']} {row['precision']}", None, None, None, None, row["reason"]])
+                continue
+            table.rows.append([row["tracker"], fmt(row["J"], 4), fmt(row["F"], 4), fmt(row["J&F"], 4),
+                               len(row["objects"]), row.get("note")])  # fmt: skip
+        table.notes = [
+            f"{davis['root']}: sequences {', '.join(davis['sequences'])}; each object prompted with its first-frame "
+            "mask; J and F averaged over frames after the first and before the last, then over objects (DAVIS); "
+            "F matches boundaries within ceil(0.008 x image diagonal) pixels",
+            *([f"label: {tracker['label']}"] if tracker.get("label") else []),
+        ]
+        tables.append(table)
+    return tables
+
+
+def _number(value: Any) -> float | None:
+    """A figure that strict JSON may have turned into the string "inf"."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

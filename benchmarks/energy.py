@@ -8,6 +8,15 @@ Linux exposes two software-readable sources:
 - hwmon (`/sys/class/hwmon/hwmonN/`): `energyK_input` (cumulative µJ) or `powerK_input` (instantaneous µW,
   e.g. an INA219-class sensor on a board), which is sampled in a thread and integrated (trapezoids).
 
+macOS has no sysfs: `powermetrics --samplers cpu_power,gpu_power,ane_power -i N` (root: run through `sudo -n`,
+so a password prompt is a "not measured" reason, never a hang) prints, every N ms, a block headed
+`*** Sampled system activity (DATE) (X ms elapsed) ***` holding `CPU Power: N mW`, `GPU Power: N mW`,
+`ANE Power: N mW` and `Combined Power (CPU + GPU + ANE): N mW` (Apple silicon; Intel Macs print `Intel energy
+model derived package power (CPUs+GT+SA): N W`). A window's joules are its complete samples' mean power
+(weighted by each sample's elapsed time) times the window's wall time; the SoC's rails only (no DRAM, display,
+disk), as powermetrics reports them. This file is copied beside the board runner on ssh/mac hosts, so it imports
+nothing but the standard library.
+
 A measurement is two windows: an idle one (nothing runs) gives the baseline power, then an active one runs the
 model back to back; joules per inference = (active energy - baseline power x active time) / inferences. Both
 windows and the baseline are recorded beside the figure. A machine with no meter gets {"measured": False,
@@ -16,7 +25,11 @@ windows and the baseline are recorded beside the figure. A machine with no meter
 
 from __future__ import annotations
 
+import platform
 import re
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -124,6 +137,102 @@ class PowerMeter:
         return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:], strict=False))
 
 
+POWERMETRICS_SAMPLERS = "cpu_power,gpu_power,ane_power"
+_PM_HEADER = re.compile(r"^\*\*\* Sampled system activity \((.*?)\) \(([\d.]+)ms elapsed\) \*\*\*", re.M)
+_PM_POWER = re.compile(
+    r"^(CPU Power|GPU Power|ANE Power|Combined Power \(CPU \+ GPU \+ ANE\)|"
+    r"Intel energy model derived package power \(CPUs\+GT\+SA\)): *([\d.]+) *(mW|W)\s*$",
+    re.M,
+)
+
+
+def powermetrics_command(interval_ms: int = 100, count: int = 0) -> list[str]:
+    """powermetrics sampling the SoC's power rails every `interval_ms` (count 0: until stopped), through
+    `sudo -n` (it needs root; -n fails at once instead of prompting), output line-buffered."""
+    return ["sudo", "-n", "powermetrics", "--samplers", POWERMETRICS_SAMPLERS, "-i", str(interval_ms),
+            "-n", str(count), "-b", "1"]  # fmt: skip
+
+
+def parse_powermetrics(text: str) -> list[dict[str, float]]:
+    """Every complete sample of powermetrics' text output: elapsed seconds and watts per rail (cpu, gpu, ane,
+    combined; `combined` is the sum of the others where the build prints no Combined line, or the Intel
+    package power). A block cut off before any power line (the sample being written when it was stopped) is
+    left out."""
+    heads = list(_PM_HEADER.finditer(text))
+    samples = []
+    for head, after in zip(heads, [*heads[1:], None], strict=False):
+        block = text[head.end() : after.start() if after else len(text)]
+        rails = {}
+        for name, value, unit in _PM_POWER.findall(block):
+            key = "combined" if name.startswith(("Combined", "Intel")) else name.split()[0].lower()
+            rails[key] = float(value) / (1e3 if unit == "mW" else 1.0)
+        if not rails:
+            continue
+        if "combined" not in rails:
+            rails["combined"] = sum(rails.values())
+        samples.append({"elapsed_s": float(head.group(2)) / 1e3, **rails})
+    return samples
+
+
+def powermetrics_joules(samples: list[dict[str, float]], window_s: float) -> float:
+    """Energy of a window of `window_s` seconds from its samples: elapsed-weighted mean combined power x time."""
+    total = sum(s["elapsed_s"] for s in samples)
+    if not samples or total <= 0:
+        raise MeterError("powermetrics printed no complete sample in the window (make the window longer)")
+    return sum(s["combined"] * s["elapsed_s"] for s in samples) / total * window_s
+
+
+@dataclass
+class PowermetricsMeter:
+    """macOS powermetrics run for the window (module docstring), its text parsed when the window ends."""
+
+    name: str = "powermetrics (CPU + GPU + ANE)"
+    interval_ms: int = 100
+
+    def begin(self) -> tuple[subprocess.Popen, Any, float]:
+        out = tempfile.TemporaryFile(mode="w+")
+        try:
+            proc = subprocess.Popen(
+                powermetrics_command(self.interval_ms), stdout=out, stderr=subprocess.PIPE, text=True
+            )
+        except OSError as exc:
+            out.close()
+            raise MeterError(f"cannot start powermetrics through sudo ({exc.strerror or exc})") from None
+        return proc, out, time.perf_counter()
+
+    def end(self, token: tuple[subprocess.Popen, Any, float]) -> float:
+        proc, out, start = token
+        window = time.perf_counter() - start
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # sudo relays it; powermetrics exits between samples
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        out.seek(0)
+        text = out.read()
+        out.close()
+        samples = parse_powermetrics(text)
+        if not samples:
+            raise MeterError(f"powermetrics gave no sample ({(err or text).strip().splitlines()[-1:] or 'no output'})")
+        return powermetrics_joules(samples, window)
+
+
+def _powermetrics_usable() -> str | None:
+    """None when powermetrics runs here without a password, else why not."""
+    if platform.system() != "Darwin":
+        return "not macOS"
+    try:
+        done = subprocess.run(powermetrics_command(100, 1), capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"powermetrics did not run ({exc})"
+    if done.returncode != 0 or not parse_powermetrics(done.stdout):
+        why = (done.stderr.strip().splitlines() or ["no sample printed"])[-1]
+        return f"powermetrics needs root without a password prompt (sudoers NOPASSWD for powermetrics): {why}"
+    return None
+
+
 def find_meters(sys_root: Path = Path("/sys")) -> tuple[list[Meter], str | None]:
     """The meters this machine exposes (RAPL first, then hwmon energy, then hwmon power), and why none can be
     used when the list is empty. A meter is kept only if every file of it reads now."""
@@ -147,6 +256,11 @@ def find_meters(sys_root: Path = Path("/sys")) -> tuple[list[Meter], str | None]
             problems.append(f"{meter.name} present but unreadable ({exc}; RAPL is root-only since Linux 5.10)")
             continue
         usable.append(meter)
+    if not usable and platform.system() == "Darwin":
+        why = _powermetrics_usable()
+        if why is None:
+            return [PowermetricsMeter()], None
+        problems.append(why)
     if usable:
         return usable, None
     return [], ("not measured: " + "; ".join(problems)) if problems else NO_METER

@@ -2,8 +2,11 @@
 
 The page carries everything inline (CSS, SVG plots), loads nothing and runs no script, so it opens offline and
 can be mailed. Plots: latency per unit × target × precision (× device when several results are given),
-fidelity against size, and energy where a meter measured it — where none did, the page says "not measured" and
-why. Every figure in the plots is also in the tables below them.
+fidelity against size, energy where a meter measured it — where none did, the page says "not measured" and
+why —, the tracker's FPS and where its frame time goes (from `edgevit track --profile --json` or tracker_fps
+suite files given beside the results), its mask IoU against the reference tracker (EfficientTAM bundles), and
+per quantized unit whose plan was searched, each layer's sensitivity at the bits it got. Every figure in the
+plots is also in the tables below them.
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_results import energy_cell, results_tables
-from benchmarks.html_plots import energy_plot, fidelity_plot, finite, latency_plot
+from benchmarks.html_plots import (
+    energy_plot,
+    fidelity_plot,
+    finite,
+    latency_plot,
+    sensitivity_plot,
+    tracker_iou_plot,
+    tracker_plot,
+)
 from benchmarks.report import Table, render_markdown
+from benchmarks.tracker_runs import PARTS
 
 REPORT_SCHEMA = "edgevit.report"
 REPORT_VERSION = 1
@@ -41,11 +53,25 @@ def label(row: dict[str, Any], source: dict[str, Any], many: bool) -> str:
     return f"{source['bundle']['model']} {source['bundle']['variant']}/{text} @ {where}"
 
 
-def build_report(sources: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
-    """report.json: every results file whole, plus the points each plot draws (so it can be re-plotted)."""
+def build_report(
+    sources: list[tuple[Path, dict[str, Any]]], tracker_runs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """report.json: every results file whole, the tracker runs, plus the points each plot draws (so it can be
+    re-plotted)."""
     many = len(sources) > 1
-    latency, fidelity, energy = [], [], []
+    latency, fidelity, energy, tracker_iou, sensitivity = [], [], [], [], []
     for _, results in sources:
+        where = "" if not many else f" @ {results['machine']['hostname']}"
+        for row in (results.get("tracker") or {}).get("rows", []):
+            if (iou := finite(row.get("iou_mean"))) is not None:
+                name = f"{results['bundle']['model']} {row['target']} {row['precision']}{where}"
+                tracker_iou.append({"label": name, "iou_mean": iou, "iou_min": finite(row.get("iou_min"))})
+        for unit in (results.get("quant") or {}).get("units", []):
+            if unit.get("sensitivity"):
+                for layer in unit["layers"]:
+                    if (db := finite(layer["sqnr_db"])) is not None:
+                        bits = {"weight_bits": layer["weight_bits"], "act_bits": layer["act_bits"]}
+                        sensitivity.append({"label": f"{unit['unit']}/{layer['layer']}", "sqnr_db": db, **bits})
         for row in results["rows"]:
             name = label(row, results, many)
             size_mb = row["size_bytes"] / 1e6
@@ -64,7 +90,15 @@ def build_report(sources: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
         "schema_version": REPORT_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": [{"path": str(path), **results} for path, results in sources],
-        "plots": {"latency": latency, "fidelity": fidelity, "energy": energy},
+        "tracker_runs": tracker_runs or [],
+        "plots": {
+            "latency": latency,
+            "fidelity": fidelity,
+            "energy": energy,
+            "tracker_fps": tracker_runs or [],
+            "tracker_iou": tracker_iou,
+            "sensitivity": sensitivity,
+        },
     }
 
 
@@ -89,6 +123,20 @@ def render_html(report: dict[str, Any]) -> str:
     for results in report["results"]:
         if not plots["energy"] or not results["energy"].get("measured"):
             parts.append(f"<p>{esc(results['machine']['hostname'])}: {esc(energy_cell(results['energy']))}</p>")
+    if plots["tracker_fps"]:
+        parts += [
+            "<h2>Tracker FPS and time per frame</h2>",
+            f'<div class="plot">{tracker_plot(plots["tracker_fps"])}</div>',
+        ]
+        parts += html_table(tracker_table(plots["tracker_fps"]))
+    if plots["tracker_iou"]:
+        parts += ["<h2>Tracker mask IoU against the reference</h2>"]
+        parts.append(f'<div class="plot">{tracker_iou_plot(plots["tracker_iou"])}</div>')
+    if plots["sensitivity"]:
+        parts += ["<h2>Mixed-precision sensitivity</h2>"]
+        parts.append(f'<div class="plot">{sensitivity_plot(plots["sensitivity"])}</div>')
+        parts.append('<p class="note">Per layer: output SQNR with that layer alone quantized at the bits the plan '
+                     "gave it (the full tables are in each results section below).</p>")  # fmt: skip
     for results in report["results"]:
         parts += source_section(results)
     parts.append("</body></html>")
@@ -126,9 +174,32 @@ def html_table(table: Table) -> list[str]:
     ]
 
 
+def tracker_table(runs: list[dict[str, Any]]) -> Table:
+    """FPS, frame time and median ms per unit of every tracker run (the tracker FPS plot's figures)."""
+    table = Table("Tracker FPS", ["tracker", "FPS", "frame ms", "p90 ms", *PARTS, "frames", "source"])
+    for run in runs:
+        units = [_ms(run["units_ms"].get(p)) for p in PARTS]
+        table.rows.append([run["label"], _ms(run["fps"]), _ms(run["frame_ms"]), _ms(run["p90_ms"]), *units,
+                           run.get("frames_measured"), Path(run["source"]).name])  # fmt: skip
+    table.notes = [
+        "medians over the measured frames (frame 0, the prompted one, left out); loop = frame minus its units; "
+        "from `edgevit track --profile --json` or the tracker_fps suite"
+    ]
+    return table
+
+
+def _ms(value: Any) -> str | None:
+    return None if value is None else f"{float(value):.3g}"
+
+
 def render_markdown_report(report: dict[str, Any]) -> str:
     """The tables of every results file as Markdown (the plots' figures are all in them)."""
     parts = []
+    if report.get("tracker_runs"):
+        table = tracker_table(report["tracker_runs"])
+        lines = ["# Tracker FPS", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in table.rows]
+        parts.append("\n".join([*lines, "", *(f"- {n}" for n in table.notes), ""]))
     for results in report["results"]:
         bundle = results["bundle"]
         title = f"{bundle['model']} {bundle['variant']} on {results['machine']['hostname']} ({results['device']})"

@@ -99,3 +99,66 @@ def finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+TRACKER_COLOURS = {"image_encoder": "#4a78b5", "memory_attention": "#c0504d", "prompt_mask_decoder": "#9bbb59",
+                   "memory_encoder": "#8064a2", "loop": "#999999"}  # fmt: skip
+
+
+def tracker_plot(runs: list[dict[str, Any]]) -> str:
+    """One stacked bar per tracker run: the median ms of each unit and of the loop (each segment its own point),
+    the run's FPS written at the end of its bar."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(runs) + 1.4))
+        labelled = set()
+        for i, run in enumerate(runs):
+            y, left = len(runs) - 1 - i, 0.0
+            for j, (part, ms) in enumerate(run["units_ms"].items()):
+                legend = None if part in labelled else part.replace("_", " ")
+                ax.barh(y, ms, left=left, color=TRACKER_COLOURS.get(part, "#333"), gid=f"tracker-point-{i}-{j}",
+                        label=legend)  # fmt: skip
+                labelled.add(part)
+                left += ms
+            ax.annotate(f"{run['fps']:.3g} FPS", (left, y), xytext=(4, -3), textcoords="offset points", fontsize=7)
+        ax.set_yticks(range(len(runs)), [r["label"] for r in reversed(runs)])
+        ax.set_xlabel("median ms per frame, by unit (frame 0 left out)")
+        ax.set_xlim(left=0, right=max(sum(r["units_ms"].values()) for r in runs) * 1.2)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=7, frameon=False)
+        return to_svg(fig)
+
+
+def tracker_iou_plot(points: list[dict[str, Any]]) -> str:
+    """Mean mask IoU of each converted tracker against the reference tracker (whisker down to the minimum)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(points) + 1.2))
+        for i, p in enumerate(points):
+            y = len(points) - 1 - i
+            ax.barh(y, p["iou_mean"], color="#4a78b5", gid=f"tracker-iou-point-{i}")
+            if p.get("iou_min") is not None:
+                ax.errorbar(p["iou_mean"], y, xerr=[[p["iou_mean"] - p["iou_min"]], [0]], color="#222", capsize=3)
+        ax.set_yticks(range(len(points)), [p["label"] for p in reversed(points)])
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("mask IoU vs the reference tracker (bar: mean over frames; whisker: minimum)")
+        ax.grid(axis="x", alpha=0.3)
+        return to_svg(fig)
+
+
+def sensitivity_plot(points: list[dict[str, Any]]) -> str:
+    """Per layer of a searched plan, the output SQNR with it alone quantized at its chosen bits, coloured by
+    weight bits: the layers that cost the most fidelity are the short bars."""
+    colours = {2: "#7f2704", 3: "#d94801", 4: "#fd8d3c", 6: "#6baed6", 8: "#2171b5", None: "#999999"}
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.22 * len(points) + 1.4))
+        labelled = set()
+        for i, p in enumerate(points):
+            bits = p["weight_bits"]
+            legend = None if bits in labelled else (f"W{bits}" if bits else "activations only")
+            ax.barh(len(points) - 1 - i, p["sqnr_db"], color=colours.get(bits, "#333"), gid=f"sensitivity-point-{i}",
+                    label=legend)  # fmt: skip
+            labelled.add(bits)
+        ax.set_yticks(range(len(points)), [p["label"] for p in reversed(points)], fontsize=6)
+        ax.set_xlabel("output SQNR, dB, with only this layer quantized at its planned bits")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+        return to_svg(fig)

@@ -111,19 +111,10 @@ TRACK_FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def efficienttam_bundle(tmp_path_factory):
-    """EfficientTAM-Ti at a small input, converted to every runnable target.
-
-    Random weights say "no object" everywhere (all logits -1024, STACK.md), which would make every comparison
-    vacuous; the object-score bias is raised so masks cover part of the frame with logits near zero.
-    """
-    torch.manual_seed(0)
-    model = create("efficienttam_ti", image_size=TRACK_SIZE)
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
-    out = tmp_path_factory.mktemp("etam") / "bundle"
-    write_bundle(model, ("onnx", "executorch", "tflite"), None, out)
-    return model, out
+def efficienttam_bundle(efficienttam_tiny):
+    """EfficientTAM-Ti at a small input (TRACK_SIZE), converted to every runnable target (tests/conftest.py)."""
+    model, bundle, _ = efficienttam_tiny
+    return model, bundle
 
 
 @pytest.mark.parametrize("target", ["onnx", "executorch", "tflite"])

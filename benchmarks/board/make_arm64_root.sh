@@ -33,6 +33,18 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
 fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
 for fs in proc sys dev; do mountpoint -q "$ROOT/$fs" || mount --bind "/$fs" "$ROOT/$fs"; done
+# qemu-user 7.2 passes the x86 host's /proc/cpuinfo through, and the aarch64 builds of pytorch's cpuinfo library
+# (inside onnxruntime, XNNPACK) crash parsing it: onnxruntime segfaulted on import. An aarch64-shaped cpuinfo
+# (Cortex-A72 fields, one entry per host CPU) is bind-mounted over it; its model name keeps "qemu-user" and the
+# host vendor, so the board runner still sees the emulation and says timings are the emulator's.
+VENDOR=$(awk -F': ' '/^vendor_id/ {print $2; exit}' /proc/cpuinfo)
+: > "$ROOT/../cpuinfo_aarch64"
+for n in $(seq 0 $(($(nproc --all) - 1))); do
+  printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n' "$n"
+  printf 'CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n'
+  printf 'model name\t: emulated by qemu-user on an x86 host (%s)\n\n' "${VENDOR:-x86}"
+done >> "$ROOT/../cpuinfo_aarch64"
+mountpoint -q "$ROOT/proc/cpuinfo" || mount --bind "$ROOT/../cpuinfo_aarch64" "$ROOT/proc/cpuinfo"
 
 if [ ! -x "$ROOT/opt/board/bin/python" ]; then
   # The wheels are fetched by the host's pip (its index, proxy and certificates; --platform picks the aarch64
@@ -60,6 +72,7 @@ fi
 CHROOT=${CHROOT:-/srv/edgevit-arm64}
 mkdir -p "$CHROOT" /run/sshd
 mountpoint -q "$CHROOT" || mount --rbind "$ROOT" "$CHROOT"
+mountpoint -q "$CHROOT/proc/cpuinfo" || mount --bind "$ROOT/../cpuinfo_aarch64" "$CHROOT/proc/cpuinfo"
 HERE=$(dirname "$ROOT")/sshd
 mkdir -p "$HERE"
 [ -f "$HERE/host" ] || ssh-keygen -q -t ed25519 -N "" -f "$HERE/host"

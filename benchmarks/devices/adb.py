@@ -7,6 +7,9 @@ feed their own inputs (random for benchmark_model, all ones for executor_runner)
 here, so such rows carry timing and the tool's memory figure but no fidelity, and say so. Other targets get a
 "not run" row. No phone is attached to the machine this was written on: the command lines and the parsers are
 tested (on recorded outputs of the real tools), and `check()` says plainly when adb or the device is missing.
+
+Energy: when the phone runs on its battery (not charging over the cable), its fuel gauge is sampled through adb
+during an idle window and during each tool run (`battery.py`); otherwise every row says why not.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import Any
 
 from benchmarks.bench import BenchSettings, Progress, base_row, chosen_artifacts, results_document
 from benchmarks.devices.base import BenchInputs, DeviceError, DeviceLost, label_of
+from benchmarks.devices.battery import NOT_DISCHARGING, AdbBatteryMeter, measure_tool_energy
 from benchmarks.devices.tool_output import ToolOutputError, parse_benchmark_model, parse_executor_runner
+from benchmarks.energy import MeterError
 from converters.bundle import read_manifest
 
 PROPS = {
@@ -98,6 +103,7 @@ class AdbDevice:
         chosen = chosen_artifacts(bundle, manifest, settings)
         self.check()
         self._run(self.command("shell", f"mkdir -p {shlex.quote(self.remote_dir)}"), timeout=60)
+        meter, energy = self.battery_meter()
         rows = []
         for i, art in chosen:
             row = base_row(art)
@@ -106,12 +112,11 @@ class AdbDevice:
                 continue
             if progress:
                 progress(label_of(art), 0, settings.runs)
-            rows.append({**row, **self.bench_one(bundle, art, i, settings)})
+            rows.append({**row, **self.bench_one(bundle, art, i, settings, meter, energy)})
             if progress:
                 progress(label_of(art), settings.runs, settings.runs)
         for row in rows:
             row["fidelity"] = {"note": NO_FIDELITY if row["status"] == "ok" else row["reason"]}
-        energy = {"measured": False, "reason": "not measured: Android power counters are not read yet"}
         overhead = {"measured": False, "summary": "the binaries time themselves"}
         note = "the benchmark binaries' own inputs (benchmark_model: random; executor_runner: all ones)"
         doc = results_document(bundle, manifest, settings, note, self.spec, self.describe(), energy, overhead, rows)
@@ -120,15 +125,42 @@ class AdbDevice:
         )
         return doc
 
-    def bench_one(self, bundle: Path, art: dict[str, Any], index: int, settings: BenchSettings) -> dict[str, Any]:
+    def battery_meter(self) -> tuple[AdbBatteryMeter | None, dict[str, Any]]:
+        """The phone's battery meter when it reads and the phone runs on battery, else None and why not."""
+        meter = AdbBatteryMeter(self.command())
+        try:
+            status = meter.read().status
+        except MeterError as exc:
+            return None, {"measured": False, "reason": f"not measured: {exc}"}
+        if status != "Discharging":
+            return None, {"measured": False, "reason": "not measured: " + NOT_DISCHARGING.format(status=status)}
+        return meter, {"measured": True, "meters": [meter.name]}
+
+    def bench_one(
+        self,
+        bundle: Path,
+        art: dict[str, Any],
+        index: int,
+        settings: BenchSettings,
+        meter: AdbBatteryMeter | None = None,
+        energy: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         remote = f"{self.remote_dir}/a{index}-{Path(art['path']).name}"
         pushed = self._run(self.command("push", str(bundle / art["path"]), remote))
         if pushed.returncode != 0:
             raise DeviceLost(f"{self.spec} lost while pushing {art['path']} ({pushed.stderr.strip()[-200:]})")
-        if art["target"] == "tflite":
-            done = self._run(self.benchmark_model_command(remote, settings))
+        tool = self.benchmark_model_command if art["target"] == "tflite" else self.executor_runner_command
+        if meter is not None:
+            metered = measure_tool_energy(
+                meter,
+                lambda: self._run(tool(remote, settings)),
+                settings.warmup + settings.runs,
+                settings.energy_idle_s,
+            )
+            done, energy = metered["result"], metered["energy"]
         else:
-            done = self._run(self.executor_runner_command(remote, settings))
+            done = self._run(tool(remote, settings))
+            energy = energy or {"measured": False, "reason": "not measured"}
         if done.returncode != 0 and "error: device" in done.stderr:
             raise DeviceLost(f"{self.spec} lost while benching {label_of(art)} ({done.stderr.strip()})")
         try:
@@ -155,7 +187,7 @@ class AdbDevice:
                     "how": "not reported by executor_runner",
                 },
             ),  # fmt: skip
-            "energy": {"measured": False, "reason": "not measured: Android power counters are not read yet"},
+            "energy": energy,
         }
 
 

@@ -31,17 +31,6 @@ def parse_xy(text: str, what: str, n: int = 2) -> tuple[float, ...]:
     return values
 
 
-def resolve_video(video: str) -> Path:
-    from edgevit.data.video import sample_video
-
-    if video.startswith("sample:"):
-        return sample_video(video.split(":", 1)[1])
-    path = Path(video)
-    if not path.is_file():
-        raise EdgevitError(f"video {video!r} does not exist; pass a video file or sample:bikes")
-    return path
-
-
 def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Tint the object red and keep the rest of the frame, RGB uint8."""
     out = frame.astype(np.float32)
@@ -68,7 +57,7 @@ def track(
     from rich.console import Console
 
     from converters.bundle import atomic_dir, check_out
-    from edgevit.data.video import video_info
+    from edgevit.data.video import resolve_video, video_info
     from edgevit.video.assemble import make_tracker
     from edgevit.video.profile import FrameProfile
     from edgevit.video.tracker import Prompt

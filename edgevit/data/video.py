@@ -35,6 +35,16 @@ def sample_video(name: str = "bikes") -> Path:
     return path
 
 
+def resolve_video(video: str) -> Path:
+    """A video argument as a path: `sample:NAME` (a packaged clip) or an existing file."""
+    if video.startswith("sample:"):
+        return sample_video(video.split(":", 1)[1])
+    path = Path(video)
+    if not path.is_file():
+        raise EdgevitError(f"video {video!r} does not exist; pass a video file or sample:bikes")
+    return path
+
+
 def _undecodable(path: str | Path) -> EdgevitError:
     return EdgevitError(f"cannot read video {str(path)!r}: opencv decodes no frame (missing file or unsupported codec)")
 

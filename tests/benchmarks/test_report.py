@@ -23,6 +23,27 @@ from edgevit.data.bench_inputs import bench_inputs
 from edgevit.models import create
 from tests.test_cli import run
 
+TRACKER_FPS = Path(__file__).parents[2] / "benchmarks" / "results" / "tracker_fps.json"  # the suite's real output
+
+
+@pytest.fixture(scope="module")
+def mixed_results_file(tmp_path_factory) -> Path:
+    """Bench results of a mixed-precision (MPTQ) Core ML bundle of a one-block ViT at 32 px: its plan searched
+    under a weight budget, so every layer has a measured sensitivity (Core ML does not run here: no timing)."""
+    from benchmarks.report import json_safe
+    from edgevit.pipeline import QuantConfig, Recipe, run_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("mixed")
+    model = create("vit_ti16_224", depth=1, img_size=32, num_classes=10)
+    recipe = Recipe(model="vit", variant="ti16_224", targets=("coreml",), passes=(QuantConfig("mptq", "mixed", 0.4),))
+    run_model(model, recipe, out=root / "bundle")
+    inputs, note = bench_inputs(read_manifest(root / "bundle"))
+    results = bench_bundle(root / "bundle", inputs, note, BenchSettings(runs=3, warmup=1, threads=1))
+    path = root / "mixed.json"
+    path.write_text(json.dumps(json_safe(results)))
+    return path
+
 
 @pytest.fixture(scope="module")
 def results_file(tmp_path_factory) -> Path:
@@ -138,13 +159,14 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's, as the README's test command i
 
 
 def test_the_page_renders_in_headless_chromium_with_data_in_every_plot_and_no_console_errors(
-    results_file, tmp_path, monkeypatch, capsys
+    results_file, mixed_results_file, tmp_path, monkeypatch, capsys
 ):
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's chromium (see the README's test command)"
     out = tmp_path / "report.html"
-    code, _, err = run(monkeypatch, capsys, "report", str(results_file), "--out", str(out))
+    inputs = [str(results_file), str(mixed_results_file), str(TRACKER_FPS)]
+    code, _, err = run(monkeypatch, capsys, "report", *inputs, "--out", str(out))
     assert code == 0, err
     problems: list[str] = []
     with sync_playwright() as p:
@@ -169,5 +191,55 @@ def test_the_page_renders_in_headless_chromium_with_data_in_every_plot_and_no_co
         finally:
             browser.close()
     assert not problems, problems
-    assert len(plots) == 2 and all(p["width"] > 200 and p["points"] >= 1 for p in plots), plots
+    # latency, fidelity vs size, tracker FPS, mixed-precision sensitivity: each drawn with visible points
+    assert len(plots) == 4 and all(p["width"] > 200 and p["points"] >= 1 for p in plots), plots
     assert (tmp_path / "report.png").stat().st_size > 10_000  # something was drawn
+
+
+def test_sensitivity_table_and_tracker_fps_in_every_format(mixed_results_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "report.html"
+    code, stdout, err = run(monkeypatch, capsys, "report", str(mixed_results_file), str(TRACKER_FPS), "--out", str(out))
+    assert code == 0, err
+    report = json.loads(out.with_suffix(".json").read_text())
+    (unit,) = report["results"][0]["quant"]["units"]
+    assert report["results"][0]["quant"]["bits"] == "mixed" and unit["sensitivity"] is True
+    bits = {layer["weight_bits"] for layer in unit["layers"] if layer["weight_bits"]}
+    assert len(bits) > 1  # the budget forced some layers below 8 bits
+    assert all(layer["sqnr_db"] is not None and layer["why"] for layer in unit["layers"])
+    points = report["plots"]["sensitivity"]
+    assert [p["label"] for p in points] == [f"model/{layer['layer']}" for layer in unit["layers"]]
+    suite = json.loads(TRACKER_FPS.read_text())
+    runs = report["plots"]["tracker_fps"]
+    assert len(runs) == sum(len(v["trackers"]) for v in suite["data"]["variants"])
+    first = suite["data"]["variants"][0]
+    name, tracker = next(iter(first["trackers"].items()))
+    assert runs[0]["label"] == f"{first['variant']} · {name}" and runs[0]["fps"] == tracker["profile"]["fps"]
+    assert runs[0]["units_ms"]["memory_attention"] == tracker["profile"]["units"]["memory_attention"]["median_ms"]
+    page = parse(out.read_text())
+    ids = [i for svg in page.svg_ids for i in svg]
+    assert sum(i.startswith("sensitivity-point-") for i in ids) == len(points)
+    assert sum(i.startswith("tracker-point-0-") for i in ids) == len(runs[0]["units_ms"])
+    md = out.with_suffix(".md").read_text()
+    assert "# Tracker FPS" in md and "Quantization plan, model (mptq, bits mixed)" in md and "SQNR dB alone" in md
+    assert f"{len(runs)} tracker runs" in stdout
+
+
+def test_a_track_profile_summary_is_a_tracker_run(tmp_path):
+    from benchmarks.tracker_runs import is_tracker_file, tracker_runs
+
+    suite = json.loads(TRACKER_FPS.read_text())
+    profile = suite["data"]["variants"][0]["trackers"]["onnx fp32"]["profile"]
+    summary = {
+        "video": "bikes.mp4",
+        "frames": 5,
+        "model": "efficienttam_ti_512",
+        "runtime": "onnx",
+        "weights": "random",
+        "profile": profile,
+    }  # the fields `edgevit track --profile --json` prints
+    assert is_tracker_file(summary) and is_tracker_file(suite) and not is_tracker_file({"schema": "edgevit.bench"})
+    (one,) = tracker_runs(tmp_path / "t.json", summary)
+    assert one["label"] == "efficienttam_ti_512 · onnx" and one["fps"] == profile["fps"]
+    assert sum(one["units_ms"].values()) == pytest.approx(
+        sum(profile["units"][p]["median_ms"] for p in profile["units"]), rel=1e-9
+    )
