@@ -25,46 +25,12 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from quant.errors import QuantError
+from quant.groupwise import ScaleMethod, fake_quantize_weight, groupwise_qparams
+from quant.modules import MatMul, SmoothedLinear
 from quant.observers import Observer, ObserverFactory, fake_quantize, make_observer, quant_range
 from quant.plan import LayerKind, LayerQuant, QuantPlan, TensorQParams
 
 Batch = Tensor | Sequence[Tensor]
-
-
-class MatMul(nn.Module):
-    """`a @ b` as a module, so a model can expose its attention matmuls to quantization by name."""
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.matmul(a, b)
-
-
-class ChannelAffine(nn.Module):
-    """x ↦ (x - shift) * inv_scale per last-dim channel: SQ-b's op where no LayerNorm can absorb it."""
-
-    def __init__(self, shift: Tensor, inv_scale: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("shift", shift.detach().clone())
-        self.register_buffer("inv_scale", inv_scale.detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.shift) * self.inv_scale
-
-
-class SmoothedLinear(nn.Linear):
-    """A Linear preceded by its own float `ChannelAffine`; still an nn.Linear under the same name.
-
-    Quantization applies to the *smoothed* input (the output of `smooth`), which is the whole point.
-    """
-
-    def __init__(self, linear: nn.Linear, smooth: ChannelAffine) -> None:
-        nn.Module.__init__(self)  # not nn.Linear.__init__: the weights come from `linear`, no re-init
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.smooth = smooth
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.smooth(x), self.weight, self.bias)
 
 
 def layer_kind(module: nn.Module) -> LayerKind | None:
@@ -161,15 +127,37 @@ class LayerStats:
     inputs: list[Observer]
     input_numel: int
     weight_observer: Observer | None = None
+    input_sq: Tensor | None = None  # Linear only: sum over calibration tokens of x_j², per input column
+    input_rows: int = 0
+    group_sizes: dict[int, int] = field(default_factory=dict)  # weight bits → group size (see use_groups)
+    group_method: ScaleMethod = "mse"
 
     @property
     def weight_shape(self) -> list[int]:
         return list(self.module.weight.shape) if self.kind != "matmul" else []
 
+    def importance(self) -> Tensor | None:
+        """E[x_j²] per input column over calibration (the diagonal of the input Hessian), Linear layers only."""
+        return None if self.input_sq is None or not self.input_rows else self.input_sq / self.input_rows
+
+    def group_size_for(self, weight_bits: int) -> int | None:
+        """The group size a `weight_bits` weight of this layer gets, None for per-channel (no groups asked, not a
+        Linear, or its input width does not divide into groups)."""
+        size = self.group_sizes.get(weight_bits)
+        if size is None or self.kind != "linear" or self.module.weight.shape[1] % size:
+            return None
+        return size
+
     def layer_quant(self, weight_bits: int | None, act_bits: int, method: str) -> LayerQuant:
         weight = None
         if self.weight_observer is not None and weight_bits is not None:
-            weight = _qparams(self.weight_observer, weight_bits)
+            size = self.group_size_for(weight_bits)
+            if size is None:
+                weight = _qparams(self.weight_observer, weight_bits)
+            else:
+                weight = groupwise_qparams(
+                    self.module.weight, weight_bits, size, self.group_method, importance=self.importance()
+                )
         return LayerQuant(
             name=self.name,
             kind=self.kind,
@@ -187,6 +175,15 @@ class CalibrationStats:
     layers: dict[str, LayerStats]
     num_batches: int
     not_executed: list[str] = field(default_factory=list)
+
+    def use_groups(self, group_sizes: Mapping[int, int], method: ScaleMethod = "mse") -> CalibrationStats:
+        """From now on, Linear weights planned at a width in `group_sizes` (e.g. {4: 32}) get per-group symmetric
+        scales (`quant.groupwise`, `method` "mse" weighted by each column's E[x²], or "minmax") instead of
+        per-channel min-max; every plan and sensitivity probe built from these stats follows. Returns self."""
+        for stats in self.layers.values():
+            stats.group_sizes = dict(group_sizes)
+            stats.group_method = method
+        return self
 
     def plan(
         self,
@@ -262,6 +259,12 @@ def collect_stats(
                 )
             for obs, t in zip(seen[name].inputs, inputs, strict=True):
                 obs.update(t)
+            if kind == "linear":  # column energies for output-aware group scales (quant.groupwise)
+                flat = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32)
+                sq = flat.pow(2).sum(dim=0)
+                stats = seen[name]
+                stats.input_sq = sq if stats.input_sq is None else stats.input_sq + sq
+                stats.input_rows += flat.shape[0]
 
         return hook
 
@@ -336,7 +339,7 @@ class FakeQuantLayer(nn.Module):
         self.kind = layer.kind
         self.input_quant = nn.ModuleList(FakeQuantize(q) for q in layer.inputs)
         if layer.weight is not None:
-            weight_q = FakeQuantize(layer.weight)(inner.weight.detach())
+            weight_q = fake_quantize_weight(inner.weight.detach(), layer.weight)
         else:
             weight_q = inner.weight.detach() if self.kind != "matmul" else None
         self.register_buffer("weight_q", weight_q)

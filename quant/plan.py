@@ -23,16 +23,22 @@ import torch
 
 from quant.errors import QuantError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per_group granularity and TensorQParams.group_size (version-1 plans still load)
 _FORMAT = "edgevit.quant_plan"
 
 LayerKind = Literal["linear", "conv2d", "matmul"]
-Granularity = Literal["per_tensor", "per_channel"]
+Granularity = Literal["per_tensor", "per_channel", "per_group"]
 
 
 @dataclass
 class TensorQParams:
-    """How one tensor (a weight or an activation input) is quantized, with its fixed qparams."""
+    """How one tensor (a weight or an activation input) is quantized, with its fixed qparams.
+
+    `per_group` (weights only): along `ch_axis` = 0, each output row is cut into groups of `group_size`
+    consecutive input columns (a conv's (in, kh, kw) flattened first), each with its own scale; `scale` and
+    `zero_point` are flattened row-major over (out, in // group_size). What 4-bit kernels run (onnxruntime's
+    MatMulNBits, XNNPACK's blockwise GEMM, Core ML per-block int4): one scale per row is too coarse at 4 bits.
+    """
 
     bits: int
     symmetric: bool
@@ -43,6 +49,7 @@ class TensorQParams:
     quant_max: int
     observer: str
     ch_axis: int | None = None
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.scale) != len(self.zero_point):
@@ -51,6 +58,10 @@ class TensorQParams:
             raise QuantError(f"per-tensor qparams need one scale, got {len(self.scale)}")
         if self.granularity == "per_channel" and self.ch_axis is None:
             raise QuantError("per-channel qparams need a ch_axis")
+        if self.granularity == "per_group" and (self.ch_axis != 0 or not self.group_size or self.group_size < 1):
+            raise QuantError(f"per-group qparams need ch_axis 0 and a positive group_size, got {self.group_size}")
+        if self.granularity != "per_group" and self.group_size is not None:
+            raise QuantError(f"group_size is only meaningful for per_group qparams, not {self.granularity}")
         if any(not self.quant_min <= z <= self.quant_max for z in self.zero_point):
             raise QuantError(f"a zero-point lies outside [{self.quant_min}, {self.quant_max}]")
 
@@ -61,8 +72,20 @@ class TensorQParams:
             return torch.int8 if self.quant_min < 0 else torch.uint8
         return torch.int16
 
+    def groups(self, shape: list[int] | tuple[int, ...]) -> tuple[int, int]:
+        """(rows, groups per row) of a per-group weight of `shape`; QuantError when the columns do not divide."""
+        rows, cols = shape[0], math.prod(shape[1:])
+        assert self.group_size is not None
+        if cols % self.group_size:
+            raise QuantError(f"{cols} input columns do not split into groups of {self.group_size}")
+        if len(self.scale) != rows * (cols // self.group_size):
+            raise QuantError(f"{len(self.scale)} per-group scales do not fit a weight of shape {list(shape)}")
+        return rows, cols // self.group_size
+
     @property
     def torch_qscheme(self) -> torch.qscheme:
+        if self.granularity == "per_group":
+            raise QuantError("per-group qparams have no torch qscheme: lower them with a blockwise (group) kernel")
         if self.granularity == "per_channel":
             return torch.per_channel_symmetric if self.symmetric else torch.per_channel_affine
         return torch.per_tensor_symmetric if self.symmetric else torch.per_tensor_affine

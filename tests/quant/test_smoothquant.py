@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from quant.errors import QuantError
-from quant.fake_quant import SmoothedLinear, apply_plan, calibrate
+from quant.fake_quant import apply_plan, calibrate
 from quant.metrics import model_outputs, outputs_sqnr
+from quant.modules import SmoothedLinear
 from quant.plan import QuantPlan
 from quant.smoothquant import apply_smoothing_, smooth_quant_
 from tests.quant.tiny_vit import TinyViT, make_tiny_vit

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quant.fake_quant import MatMul
+from quant.modules import MatMul
 
 DIM, HEADS, MLP, PATCH, IMAGE, CLASSES = 64, 4, 128, 4, 32, 10
 

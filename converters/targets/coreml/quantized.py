@@ -13,13 +13,22 @@ constants once, so it costs one 64-byte row per output channel per distinct laye
 21.40 MB on iOS 18, 21.19 MB with `coreml_target="iOS26"`, which keeps one LUT per tensor).
 `coremltools.optimize.coreml.linear_quantize_activations` is not used: it calibrates by running the model
 (`predict`, macOS only), while the plan already holds every activation grid. Scales are stored in fp16, the compute
-precision (relative error <= 2^-11). Every plan layer's integers and grids are found in the saved program and
+precision (relative error <= 2^-11).
+
+Group-wise (per_group) weights are Core ML per-block int4 (`constexpr_blockwise_shift_scale`, iOS18+: int4 data,
+one fp16 scale per (output row, block of `group_size` input columns)) holding the plan's own integers: PT2E leaves
+those layers' weights float (their inputs keep the plan's grids), the module computes with the dequantized weights,
+and after conversion `_PlanBlockwise` replaces each such weight constant with the plan's integers and scales
+(coremltools' own per-block quantizer would choose its own scales, and its symmetric int4 range is not the plan's
+[-8, 7]). Every plan layer's integers and grids are found in the saved program and
 checked against the plan; no runtime here, so parity runs only on macOS. The reference is the PT2E graph with the
 plan's activation grids.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 from collections import Counter
@@ -36,6 +45,7 @@ from converters.quant_lowering import STATIC_REFERENCE, Lowering, quant_facts, q
 from converters.targets.coreml.lower import feature_specs, io_types, mil_op_summary, save
 from converters.targets.coreml.program import gemm_weights, load_program, pymil_ops, stored_bytes
 from converters.unit import DeployUnit
+from quant.groupwise import fake_quantize_weight, quantize_weight_ints
 from quant.plan import QuantPlan
 
 # Core ML deployment targets, oldest first, and the oldest one that holds each weight width: int8 weights and
@@ -54,6 +64,8 @@ def deployment_target(plan: QuantPlan, requested: str | None = None) -> str:
     ConversionError if `requested` cannot hold them."""
     bits = {lq.weight_bits for lq in plan.layers.values() if lq.weight is not None} or {8}
     needed = max((_MIN_TARGET[b] for b in bits), key=COREML_TARGETS.index)
+    if _grouped(plan):  # per-block scales: constexpr_blockwise_shift_scale, iOS18+
+        needed = max(needed, "iOS18", key=COREML_TARGETS.index)
     if requested is None:
         return needed
     if requested not in COREML_TARGETS:
@@ -71,7 +83,17 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path, deployment: str = "iOS
 
     from quant.pt2e import quantize_pt2e
 
-    graph = quantize_pt2e(unit.module, unit.example_inputs, plan, activations="plan")
+    grouped = _grouped(plan)
+    module, pt2e_plan = unit.module, plan
+    if grouped:  # PT2E quantizes their inputs only; the weights they compute with are the plan's dequantized ones
+        module = copy.deepcopy(unit.module)
+        layers = dict(plan.layers)
+        for name in grouped:
+            linear = module.get_submodule(name)
+            linear.weight.data.copy_(fake_quantize_weight(linear.weight.detach(), plan.layers[name].weight))
+            layers[name] = dataclasses.replace(layers[name], weight=None)
+        pt2e_plan = dataclasses.replace(plan, layers=layers)
+    graph = quantize_pt2e(module, unit.example_inputs, pt2e_plan, activations="plan")
     graph.eval()  # PT2E's patched eval() returns None, so not chained
     exported = torch.export.export(graph, unit.example_inputs, strict=False).run_decompositions({})
     inputs, outputs = io_types(unit)
@@ -84,6 +106,10 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path, deployment: str = "iOS
         outputs=outputs,
         skip_model_load=True,
     )
+    if grouped:
+        from coremltools.models.utils import _apply_graph_pass
+
+        model = _apply_graph_pass(model, _PlanBlockwise(plan, unit.module, grouped), skip_model_load=True)
     six = [name for name, lq in plan.layers.items() if lq.weight_bits == 6]
     if six:
         model = _palettize_6bit(model, plan_layers(model._mil_program, plan, unit.module), six)
@@ -111,7 +137,8 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path, deployment: str = "iOS
         "coreml",
         "PT2E PlanQuantizer (plan weights and activation grids) → coremltools: MIL quantize/dequantize on "
         "every planned input, constexpr int8/int4 weights, 6-bit weights palettized (palettize_weights, "
-        "joint compression: uint6 indices into an int8 LUT)",
+        "joint compression: uint6 indices into an int8 LUT), group-wise weights as per-block int4/int8 "
+        "(constexpr_blockwise_shift_scale with the plan's integers and scales)",
         STATIC_REFERENCE,
         weight_bits_held={kind: dict(c) for kind, c in sorted(held.items())},
         weight_storage=storage,
@@ -145,9 +172,12 @@ def plan_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str, A
         q = layer.weight
         if q is None:
             continue
-        weight = module.get_submodule(name).weight.detach().numpy()
+        weight = module.get_submodule(name).weight.detach()
         axis = q.ch_axis if q.ch_axis is not None else 0
-        want = quantize_array(weight, q, axis).astype(np.int32)
+        if q.granularity == "per_group":
+            want = quantize_weight_ints(weight, q).numpy().astype(np.int32)
+        else:
+            want = quantize_array(weight.numpy(), q, axis).astype(np.int32)
         same = [w for w in pool.get(_levels_key(want), []) if np.array_equal(w.levels, want)]
         if not same:
             raise ConversionError(
@@ -156,13 +186,96 @@ def plan_layers(program: Any, plan: QuantPlan, module: nn.Module) -> dict[str, A
             )
         match = same[0]
         pool[_levels_key(want)].remove(match)
-        shape = [1] * want.ndim
-        shape[axis] = -1
-        planned = np.asarray(q.scale, np.float32).reshape(shape)
+        planned = _planned_scale(q, want.shape, axis)
         if not np.allclose(match.scale, planned, rtol=2.0**-10, atol=2.0**-24):
             raise ConversionError(f"coreml: plan layer {name!r} is stored with scales other than the plan's")
         found[name] = match
     return found
+
+
+def _planned_scale(q: Any, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """The plan's scales broadcastable to a weight of `shape` (per-group ones repeated over their columns)."""
+    if q.granularity == "per_group":
+        rows, groups = q.groups(shape)
+        per_block = np.asarray(q.scale, np.float32).reshape(rows, groups)
+        return np.repeat(per_block, q.group_size, axis=1).reshape(shape)
+    view = [1] * len(shape)
+    view[axis] = -1
+    return np.asarray(q.scale, np.float32).reshape(view)
+
+
+def _grouped(plan: QuantPlan) -> list[str]:
+    """The plan's layers with per-group weights (Linear only)."""
+    grouped = [n for n, lq in plan.layers.items() if lq.weight is not None and lq.weight.granularity == "per_group"]
+    for name in grouped:
+        if plan.layers[name].kind != "linear":
+            raise ConversionError(f"coreml: per-group weights are lowered for Linear layers only, not {name!r}")
+    return grouped
+
+
+def _plan_blockwise_pass() -> type:
+    """A MIL graph pass class (built lazily: coremltools is imported only when Core ML lowers)."""
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+
+    class PlanBlockwise(AbstractGraphPass):
+        """Replace each per-group layer's float weight constant with the plan's integers and per-block scales."""
+
+        def __init__(self, plan: QuantPlan, module: nn.Module, names: list[str]) -> None:
+            super().__init__()
+            self.todo = []
+            for name in names:
+                q = plan.layers[name].weight
+                w = module.get_submodule(name).weight.detach()
+                ints = quantize_weight_ints(w, q).numpy()
+                rows, groups = q.groups(w.shape)
+                scale = np.asarray(q.scale, np.float32).reshape(rows, groups)
+                self.todo.append((name, q.bits, ints, scale, fake_quantize_weight(w, q).numpy()))
+
+        def apply(self, prog: Any) -> None:
+            remaining = list(self.todo)
+            for op in list(pymil_ops(prog)):
+                if op.op_type not in ("linear",) or op.weight.op is None or op.weight.op.op_type != "const":
+                    continue
+                const = op.weight.op
+                value = np.asarray(op.weight.val, np.float32)
+                hit = next(
+                    (
+                        t
+                        for t in remaining
+                        if t[2].shape == value.shape and np.allclose(value, t[4], rtol=2.0**-9, atol=1e-6)
+                    ),
+                    None,
+                )
+                if hit is None:
+                    continue
+                remaining.remove(hit)
+                _, bits, ints, scale, _ = hit
+                dtype = types.nptype_from_builtin(types.int4 if bits == 4 else types.int8)
+                with const.enclosing_block:
+                    new = mb.constexpr_blockwise_shift_scale(
+                        data=ints.astype(dtype),
+                        scale=scale.astype(op.weight.val.dtype),
+                        before_op=const,
+                        name=const.name + "_plan_blockwise",
+                    )
+                const.enclosing_block.replace_uses_of_var_after_op(
+                    anchor_op=const, old_var=const.outputs[0], new_var=new, no_check_var_types=True
+                )
+                if not const.outputs[0].child_ops:
+                    const.enclosing_block.remove_ops([const])
+            if remaining:
+                raise ConversionError(
+                    f"coreml: the weight of plan layer {remaining[0][0]!r} is not a linear's constant in the ML "
+                    "program (the converter folded or transposed it)"
+                )
+
+    return PlanBlockwise
+
+
+def _PlanBlockwise(plan: QuantPlan, module: nn.Module, names: list[str]) -> Any:  # noqa: N802 (a class factory)
+    return _plan_blockwise_pass()(plan, module, names)
 
 
 def _levels_key(levels: np.ndarray) -> tuple:
