@@ -78,6 +78,49 @@ def gemm_plan(plan: QuantPlan, module: nn.Module | None = None) -> QuantPlan:
     return plan.subset([name for name, lq in plan.layers.items() if keeps(name, lq)])
 
 
+def per_row_dynamic(graph: Any) -> Any:
+    """A copy of a dynamic-activation PT2E graph that quantizes each Linear input per row, as XNNPACK runs it.
+
+    PT2E's dynamic chain (choose_qparams → quantize → dequantize) is per tensor, but XNNPACK's qd8 GEMMs take it
+    as per batch row: a Linear's input gets a scale and zero point per token (a conv's, per image: the same for
+    the batch-1 units here). Where tokens span very different ranges the two part: on EfficientTAM's
+    prompt_mask_decoder the per-tensor graph sat 24.1 dB from the .pte on `object_score`, an error of the
+    reference, not of the artifact. This copy is the reference the artifact is gated against.
+    """
+    import copy
+
+    import torch
+
+    qd = torch.ops.quantized_decomposed
+    ref = copy.deepcopy(graph)
+    for node in list(ref.graph.nodes):
+        quant = node.args[0] if node.target == qd.dequantize_per_tensor.tensor else None
+        if quant is None or getattr(quant, "target", None) != qd.quantize_per_tensor.tensor:
+            continue
+        qparams = quant.args[1].args[0]  # getitem(choose_qparams(x, qmin, qmax, eps, dtype), 0)
+        if getattr(qparams, "target", None) != qd.choose_qparams.tensor:
+            continue
+        if not all(user.target == torch.ops.aten.linear.default for user in node.users):
+            continue
+        with ref.graph.inserting_before(node):
+            rows = ref.graph.call_function(_fake_quant_rows, (quant.args[0], *qparams.args[1:4]))
+        node.replace_all_uses_with(rows)
+    ref.graph.eliminate_dead_code()
+    ref.recompile()
+    return ref
+
+
+def _fake_quant_rows(x: Any, quant_min: int, quant_max: int, eps: float) -> Any:
+    """Asymmetric fake-quant with one scale and zero point per row (last axis), ranges widened to hold 0."""
+    import torch
+
+    low = x.amin(dim=-1, keepdim=True).clamp(max=0.0)
+    high = x.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    scale = ((high - low) / (quant_max - quant_min)).clamp(min=eps)
+    zero = torch.clamp(quant_min - torch.round(low / scale), quant_min, quant_max)
+    return (torch.clamp(torch.round(x / scale) + zero, quant_min, quant_max) - zero) * scale
+
+
 def with_module(unit: DeployUnit, graph: nn.Module) -> DeployUnit:
     """`unit` computing with `graph` (a PT2E graph module), put in eval mode."""
     graph.eval()  # PT2E's patched eval() returns None, so not chained

@@ -8,12 +8,12 @@ mean diagonal, its inverse is taken through its upper Cholesky factor (numerical
 column i only needs row i of that factor), and updates to later columns are applied lazily, `block` columns at
 a time.
 
-Damping defaults to 0.1, not the paper's 0.01: with the 16 images a user brings (4k tokens for a 1536-wide fc2)
-H is a noisy estimate and the compensation overfits it. Measured on DINOv2-S (g32 MSE scales, W4A8, held-out
-SQNR vs fp32, machine loaded): GPTQ on the qkv layers only, nearest 28.9 dB, damp 0.01 30.6 dB, 0.1 33.7 dB;
-all Linears, nearest 26.4, damp 0.01 25.0, 0.1 26.7 dB (a second run, `benchmarks/w4_grid.py`: 26.5 vs 25.5 dB;
-the model's output moves by about a dB under any small change of its weights, so on DINOv2-S as a whole GPTQ is
-no reliable gain; on the tests' tiny ViT it gains ~10 dB).
+Damping defaults to 0.1, not the paper's 0.01: with the 16 images a user brings (4k tokens for a 1536-wide fc2) H is a
+noisy estimate and the compensation overfits it. Measured on DINOv2-S (g32 MSE scales, W4A8, held-out SQNR vs fp32,
+machine loaded): GPTQ on the qkv layers only, nearest 28.9 dB, damp 0.01 30.6 dB, 0.1 33.7 dB; all Linears, nearest
+26.4, damp 0.01 25.0, 0.1 26.7 dB (a second run, `benchmarks/suites/quant/w4_grid.py`: 26.5 vs 25.5 dB; the model's
+output moves by about a dB under any small change of its weights, so on DINOv2-S as a whole GPTQ is no reliable gain;
+on the tests' tiny ViT it gains ~10 dB).
 
 Scales are fixed before GPTQ runs (the paper's "static groups"): they are the plan's, chosen from the original
 weights (group-wise MSE or min-max), so the plan stays the single description of the grid. GPTQ writes the

@@ -10,8 +10,8 @@ that outlier but rounds the rest finer; per group, the factor is chosen on a gri
 error, optionally weighted per input column by E[x_j²] (`importance`, the diagonal of the layer's input Hessian:
 an error on a column the inputs never excite costs nothing at the output).
 
-Measured on DINOv2-S (W4A8, held-out SQNR vs fp32, `benchmarks/w4_grid.py`): per-channel min-max 21.7 dB; group
-min-max 27.1 / 18.1 / 14.1 dB at 32 / 64 / 128 columns (erratic: a few weights on the columns the massive
+Measured on DINOv2-S (W4A8, held-out SQNR vs fp32, `benchmarks/suites/quant/w4_grid.py`): per-channel min-max 21.7 dB;
+group min-max 27.1 / 18.1 / 14.1 dB at 32 / 64 / 128 columns (erratic: a few weights on the columns the massive
 activations excite decide it); group MSE weighted by E[x²] 26.5 / 25.5 / 25.0 dB (stable).
 
 Symmetric groups use the full signed range ([-8, 7] at 4 bits, zero-point 0), as MatMulNBits and XNNPACK do.

@@ -77,7 +77,7 @@ class TargetInfo:
 
 _ALL = (
     TargetInfo(
-        "onnx", "converters.targets.onnx", ".onnx", ("fp32",), "fp32", (8,), "static",
+        "onnx", "converters.targets.onnx", ".onnx", ("fp32",), "fp32", (4, 8), "static",
         ("onnx", "onnxruntime", "onnxscript"), "executorch",
     ),
     TargetInfo(
@@ -85,7 +85,7 @@ _ALL = (
         ("executorch",), "onnx",
     ),
     TargetInfo(
-        "tflite", "converters.targets.tflite", ".tflite", ("fp32", "fp16"), "fp32", (8,), "dynamic",
+        "tflite", "converters.targets.tflite", ".tflite", ("fp32", "fp16"), "fp32", (4, 8), "dynamic",
         ("litert-torch", "ai-edge-litert"), "executorch",
     ),
     TargetInfo(

@@ -78,7 +78,8 @@ def test_int8_artifact_runs_agrees_and_shrinks(target, unit, plan, held_out, tmp
         assert vs_ref == vs_fake >= 40.0  # the plan's own qparams, run by integer kernels
         kernels = optimized_op_counts(art.path)
         assert sum(kernels[op] for op in ORT_INT8_OPS) == planned.total()
-        assert (kernels["QGemm"], kernels["ConvInteger"]) == (planned["linear"], planned["conv2d"])
+        # The patch-embed conv is an integer GEMM over its patches (conv_gemm.py), not the slow ConvInteger.
+        assert (kernels["QGemm"], kernels["ConvInteger"]) == (planned["linear"], 0)
         assert kernels["DequantizeLinear"] == 0  # nothing runs in float on dequantized weights
         assert sum(kernels[op] for op in ORT_FLOAT_GEMMS) == 2  # block 1's fused attention, not planned
     elif target == "executorch":
@@ -235,8 +236,8 @@ def test_pt2e_artifacts_hold_the_plans_integers_at_rounding_ties(tmp_path) -> No
 
 def test_bits_a_target_cannot_hold_are_refused(unit, model, tmp_path) -> None:
     stats = collect_stats(model, _images(8, 1), progress=False)
-    with pytest.raises(ConversionError, match=r"onnx holds 8-bit weights .* the plan has 4-bit weights in 10 layer"):
-        convert_quantized(unit, "onnx", stats.plan(4, 8), tmp_path)
+    with pytest.raises(ConversionError, match=r"onnx holds 4/8-bit weights .* the plan has 6-bit weights in 10 layer"):
+        convert_quantized(unit, "onnx", stats.plan(6, 8), tmp_path)
     with pytest.raises(ConversionError, match=r"executorch holds 4/8-bit weights .* the plan has 6-bit weights"):
         convert_quantized(unit, "executorch", stats.plan(6, 8), tmp_path)
     with pytest.raises(ConversionError, match=r"coreml holds 4/6/8-bit weights and 8-bit activations; .* 6-bit act"):
@@ -283,3 +284,105 @@ def test_onnx_quantizes_a_linear_called_twice(tmp_path) -> None:
     assert art.parity["out"].sqnr_db >= 30.0
     kernels = optimized_op_counts(art.path)
     assert sum(kernels[op] for op in ORT_INT8_OPS) == 3  # both calls of proj and the head run int8
+
+
+class ConvStack(nn.Module):
+    """The conv shapes a hybrid has: strided 3x3 with padding, depthwise 3x3, pointwise 1x1 without bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 24, 1, bias=False)
+        self.head = nn.Conv2d(24, 8, 2, stride=2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.pw(F.relu(self.dw(F.relu(self.stem(image)))))))
+
+
+def test_onnx_convs_run_as_integer_gemms(tmp_path) -> None:
+    """Planned convs (groups = 1) run as onnxruntime's integer GEMMs over their patches, with the plan's integers:
+    ConvInteger, a reference kernel, made int8 convs slower than float ones. Depthwise convs stay ConvInteger."""
+    torch.manual_seed(0)
+    model = ConvStack().eval()
+    images = _images(10, 5)
+    unit = DeployUnit("convs", model, (images[0],), ("image",), ("out",))
+    held = [(x,) for x in images[8:]]
+    art = convert_quantized(unit, "onnx", calibrate(model, images[:8], progress=False), tmp_path, parity_inputs=held)
+    quant = art.facts["quant"]
+    assert quant["parity_vs_fake_quant"]["out"]["sqnr_db"] >= 40.0  # the same integer arithmetic as fake-quant
+    kernels = optimized_op_counts(art.path)
+    assert (kernels["QGemm"] + kernels["MatMulIntegerToFloat"], kernels["ConvInteger"]) == (3, 1)
+    assert sum(kernels[op] for op in ORT_FLOAT_GEMMS) == 0
+
+
+def test_onnx_runs_efficienttam_attention_matmuls_int8(tmp_path) -> None:
+    """EfficientTAM's image encoder: the recipe switches its fused attention to explicit `MatMul`s, so Q·Kᵀ and
+    A·V are planned and run int8 with the patch-embed and neck convs; the caller's model keeps fused SDPA."""
+    import dataclasses
+
+    from edgevit.models.efficienttam.config import VARIANTS
+    from edgevit.models.efficienttam.image_encoder import Attention, ImageEncoder
+    from edgevit.pipeline.passes.quant_recipe import prepare, uniform_plan
+
+    tiny = dict(embed_dim=32, num_heads=2, depth=2, window_size=2, window_block_indexes=(0,), image_size=64, d_model=32)
+    torch.manual_seed(0)
+    model = ImageEncoder(dataclasses.replace(VARIANTS["ti"], **tiny)).eval()
+    g = torch.Generator().manual_seed(4)
+    images = [(torch.randn(1, 3, 64, 64, generator=g),) for _ in range(6)]
+    prepared = prepare("ptq", model, images[:4])
+    plan = uniform_plan(prepared, 8, 8)
+    assert Counter(lq.kind for lq in plan.layers.values()) == {"linear": 8, "matmul": 4, "conv2d": 3}
+    assert not any(m.explicit_matmuls for m in model.modules() if isinstance(m, Attention))
+    unit = DeployUnit("encoder", prepared.module, images[0], ("image",), ("features",))
+    art = convert_quantized(unit, "onnx", plan, tmp_path, parity_inputs=images[4:])
+    assert art.facts["quant"]["parity_vs_fake_quant"]["features"]["sqnr_db"] >= 30.0
+    kernels = optimized_op_counts(art.path)
+    assert sum(kernels[op] for op in ORT_INT8_OPS) == len(plan.layers)  # every planned GEMM an int8 kernel
+    assert sum(kernels[op] for op in ORT_FLOAT_GEMMS) == kernels["ConvInteger"] == 0
+
+
+class FoldAndScore(nn.Module):
+    """What failed in ExecuTorch int8: a MobileViT fold (tokens past a LayerNorm reshaped back to a map for a 1x1
+    conv), and a score read from one token of a Linear whose other tokens span 100x its range (EfficientTAM's
+    object-score token beside its prompt tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 16)
+        self.fuse = nn.Conv2d(16, 8, 1)
+        self.tokens = nn.Linear(16, 16)
+        self.score = nn.Linear(16, 1)
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(image)
+        b, c, h, w = x.shape
+        x = self.fc(self.norm(x.flatten(2).transpose(1, 2)))
+        return self.fuse(x.transpose(1, 2).reshape(b, c, h, w)), self.score(F.gelu(self.tokens(tokens))[:, 1])
+
+
+def test_executorch_int8_lowers_a_fold_and_is_gated_as_xnnpack_runs(tmp_path) -> None:
+    """The fold used to fail lowering (`aten._to_copy`, "required rank 4 tensor to use channels_last format"):
+    dynamically quantized GEMMs are now partitioned one by one. The score missed the parity gate: XNNPACK
+    quantizes a Linear's input per row, the PT2E reference per tensor; the reference now does as XNNPACK."""
+    torch.manual_seed(0)
+    model = FoldAndScore().eval()
+    g = torch.Generator().manual_seed(2)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randn(1, 4, 16, generator=g)
+        tokens[:, 0] *= 100.0
+        return torch.randn(1, 3, 8, 8, generator=g), tokens
+
+    batches = [batch() for _ in range(7)]
+    unit = DeployUnit("fold", model, batches[0], ("image", "tokens"), ("map", "score"))
+    plan = calibrate(model, batches[:4], progress=False)
+    art = convert_quantized(unit, "executorch", plan, tmp_path, parity_inputs=batches[4:])
+    assert min(p.sqnr_db for p in art.parity.values()) >= MIN_SQNR_VS_REFERENCE_DB
+    assert art.facts["quant"]["xnnpack_gemms"]["linear"]["inputs"] == {"qdint8": 3}
+    runner = load_runner("executorch", art.path, num_threads=1)
+    got = [runner.run(*(t.numpy() for t in x))[1] for x in batches[4:]]
+    want = [model(*x)[1].detach().numpy() for x in batches[4:]]
+    assert sqnr_db(np.concatenate(want), np.concatenate(got)) >= 30.0  # per-row int8: close to fp32

@@ -26,7 +26,7 @@ def test_resolve_targets_all_lists_and_unknown():
 
 def test_precisions_and_held_bits_come_from_the_registry():
     assert precisions("coreml") == ("fp16", "fp32") and precisions("onnx") == ("fp32",)
-    assert WEIGHT_BITS == {"onnx": (8,), "executorch": (4, 8), "tflite": (8,), "coreml": (4, 6, 8)}
+    assert WEIGHT_BITS == {"onnx": (4, 8), "executorch": (4, 8), "tflite": (4, 8), "coreml": (4, 6, 8)}
     assert held_bits("coreml") == "4/6/8-bit weights and 8-bit activations"
     assert {t: target_info(t).activations for t in TARGETS} == {
         "onnx": "static",

@@ -11,7 +11,7 @@ Model code is imported inside the loaders only, so importing this module (for `-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from converters.unit import DeployUnit
+from edgevit.data.held_out import packaged_pictures, spread
 
 STUDENT_NAMES = ("hybrid_distilled", "vit_distilled", "hybrid_digits")
 ENCODER_NAME = "efficienttam_s_512"
-CALIB_VIDEO, EVAL_VIDEO = "bikes", "bigbuckbunny"
 
 
 @dataclass
@@ -66,35 +66,6 @@ class Subject:
             "latency_only": self.latency_only,
             **self.info,
         }
-
-
-def spread(items: Sequence[Any], count: int) -> list[Any]:
-    """`count` items evenly spaced over `items` (all when there are fewer): mixes photos and video frames."""
-    if count >= len(items):
-        return list(items)
-    return [items[round(i * (len(items) - 1) / max(1, count - 1))] for i in range(count)]
-
-
-def _video_frames(name: str, count: int) -> list[np.ndarray]:
-    from edgevit.data.video import read_frames, sample_video, video_info
-
-    path = sample_video(name)
-    step = max(1, video_info(path)[0] // count)
-    return [f for i, f in enumerate(read_frames(path)) if i % step == 0][:count]
-
-
-def packaged_pictures(frames: int) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, str]]:
-    """(calibration RGB arrays, held-out RGB arrays, where each came from), from files packages ship."""
-    from edgevit.data.images import SKLEARN_PHOTOS, builtin_photos, load_image
-
-    photos = builtin_photos()
-    calib = [load_image(p) for p in photos if p.name not in SKLEARN_PHOTOS] + _video_frames(CALIB_VIDEO, frames)
-    held = [load_image(p) for p in photos if p.name in SKLEARN_PHOTOS] + _video_frames(EVAL_VIDEO, frames)
-    sources = {
-        "calibration": f"scikit-image photos + {frames} frames of {CALIB_VIDEO}.mp4",
-        "held_out": f"scikit-learn photos (china, flower) + {frames} frames of {EVAL_VIDEO}.mp4",
-    }
-    return calib, held, sources
 
 
 def unit_input(unit: DeployUnit, image: Tensor, spec: Any) -> Tensor:

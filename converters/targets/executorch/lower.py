@@ -120,12 +120,16 @@ class _HalfCompute(nn.Module):
         return tuple(o.float() if o.is_floating_point() else o for o in out)
 
 
-def convert(unit: DeployUnit, precision: str, path: Path, *, decompose_norms: bool = True) -> TargetResult:
+def convert(
+    unit: DeployUnit, precision: str, path: Path, *, decompose_norms: bool = True, partitioners: list | None = None
+) -> TargetResult:
     """Lower with `to_edge_transform_and_lower` and write the .pte; the program is then loaded by the
     ExecuTorch runtime to prove it loads and to read its real input/output signature.
 
     `decompose_norms` False keeps layer_norm whole (the quantized lowering: with dynamic int8 around them the
-    rewritten norms made XNNPACK fail shape propagation at run time, xnn_status_invalid_parameter)."""
+    rewritten norms made XNNPACK fail shape propagation at run time, xnn_status_invalid_parameter).
+    `partitioners` replaces the one default `XnnpackPartitioner` (the quantized lowering partitions its
+    dynamically quantized GEMMs first, see `converters.targets.executorch.quantized`)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
@@ -135,7 +139,7 @@ def convert(unit: DeployUnit, precision: str, path: Path, *, decompose_norms: bo
     if decompose_norms:
         table[torch.ops.aten.layer_norm.default] = _layer_norm_4d
     exported = torch.export.export(module, unit.example_inputs, strict=False).run_decompositions(table)
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(exported, partitioner=partitioners or [XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     program = edge.to_executorch()
     with path.open("wb") as fh:

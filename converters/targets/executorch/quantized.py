@@ -8,7 +8,8 @@ byte): its partitioner takes a weight as 4-bit only when declared int8 over [-8,
 (`int4_full_range`, on weights snapped onto the plan's restricted [-7, 7] grid, so the integers are the plan's).
 XNNPACK has no 4-bit convolution: a 4-bit Conv2d is held as int8 storage of its 4-bit levels, and the facts say so.
 No 6-bit: XNNPACK's GEMMs take 4- or 8-bit weights only. The facts' `xnnpack_gemms` are read back from the written
-delegate graphs. The reference is the PT2E graph with dynamic activations.
+delegate graphs. The reference is the PT2E graph with dynamic activations, a Linear's input quantized per row as
+XNNPACK does (`converters.quant_lowering.per_row_dynamic`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from torch import nn
 
 from converters.artifact import TargetResult
 from converters.errors import ConversionError
-from converters.quant_lowering import DYNAMIC_REFERENCE, Lowering, gemm_plan, no_options, quant_facts, with_module
+from converters.quant_lowering import (
+    DYNAMIC_REFERENCE,
+    Lowering,
+    gemm_plan,
+    no_options,
+    per_row_dynamic,
+    quant_facts,
+    with_module,
+)
+from converters.targets.executorch.blockwise import blockwise_layers, lower_blockwise
 from converters.targets.executorch.facts import xnnpack_gemm_dtypes
 from converters.targets.executorch.lower import convert as lower_fp
 from converters.unit import DeployUnit
@@ -30,11 +40,15 @@ from quant.plan import QuantPlan
 def lowering(plan: QuantPlan, **options: Any) -> Lowering:
     """The executorch quantized lowering (it takes no options)."""
     no_options("executorch", options)
-    return _lower
+    return lower_blockwise if blockwise_layers(plan) else _lower  # per-group 4-bit Linears: qb4w
 
 
 def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
     from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
 
     from quant.pt2e import is_int4_linear, quantize_pt2e
 
@@ -44,7 +58,19 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
     # gets one shared dynamic-quant chain; XNNPACK's partitioner then finds dependency cycles. ExecuTorch's
     # own LLM export gives each consumer its own chain first, as done here.
     DuplicateDynamicQuantChainPass()(graph)
-    result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False)
+    try:
+        result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False)
+    except Exception as exc:
+        if not _channels_last_failure(exc):
+            raise
+        # In one large partition, XNNPACK's channels-last pass walks a conv's dynamic-quant input back to the
+        # partition's first node and makes that channels_last: past a LayerNorm it is a rank-3 token tensor
+        # (MobileViT's fold back to a map before its 1x1 conv), and lowering fails on `aten._to_copy`. Then each
+        # dynamically quantized GEMM gets its own delegate first, the float rest after, as ExecuTorch's LLM
+        # export does. Only then: every model that lowered in one partitioner keeps the partitioning (and the
+        # speed) it was measured with.
+        partitioners = [XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()]
+        result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False, partitioners=partitioners)
     xnn = xnnpack_gemm_dtypes(path)
     int4 = [name for name, lq in gemms.layers.items() if is_int4_linear(lq)]
     held4 = xnn.get("linear", {}).get("weights", {}).get("qcint4", 0)
@@ -72,7 +98,16 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
         },
         activations="dynamic per-tensor int8 (the plan's static activation grids are not used)",
     )
-    return TargetResult(inputs=result["inputs"], outputs=result["outputs"], facts=facts), graph
+    return TargetResult(inputs=result["inputs"], outputs=result["outputs"], facts=facts), per_row_dynamic(graph)
+
+
+def _channels_last_failure(exc: BaseException | None) -> bool:
+    """Whether XNNPACK's channels-last pass failed somewhere in the exception's chain."""
+    while exc is not None:
+        if "channels_last" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 # XNNPACK weight datatypes in the words the other targets' facts use.

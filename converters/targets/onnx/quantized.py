@@ -3,9 +3,11 @@
 QDQ goes on the inputs and weights of the plan's MatMul/Gemm/Conv only (quantizing every op type destroys ViT
 accuracy, see STACK.md), with uint8 activations (u8s8 is what onnxruntime's x86 kernels want) and int32
 biases. The int32 bias is what makes onnxruntime fuse a Linear into an int8 `QGemm`: without it, its
-MatMul+Add fusion turns the QDQ MatMul into a float Gemm before the QDQ fusions run. Convs are written as
-`ConvInteger` rescaled to float: onnxruntime runs a QDQ Conv as an integer kernel only when its output is
-quantized too (see `_conv_integer`). The reference is the plan's fake-quant model.
+MatMul+Add fusion turns the QDQ MatMul into a float Gemm before the QDQ fusions run. onnxruntime runs a QDQ
+Conv as an integer kernel only when its output is quantized too, so planned convs are written as an integer
+GEMM over their patches (`conv_gemm`), or, depthwise, as `ConvInteger` rescaled to float (`_conv_integer`).
+Attention matmuls in the plan get QDQ on both inputs (QLinearMatMul / MatMulIntegerToFloat). The reference is
+the plan's fake-quant model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torch import nn
 from converters.artifact import TargetResult
 from converters.errors import ConversionError
 from converters.quant_lowering import FAKE_QUANT_REFERENCE, Lowering, no_options, quant_facts, quantize_array
+from converters.targets.onnx.conv_gemm import conv_as_gemm, fits, value_shapes
 from converters.targets.onnx.lower import convert as lower_fp
+from converters.targets.onnx.nbits import check_plan, ensure_domain, matmul_nbits
 from converters.targets.onnx.runner import optimized_op_counts
 from converters.unit import DeployUnit
 from quant.fake_quant import apply_plan
@@ -30,11 +34,20 @@ from quant.plan import QuantPlan
 def lowering(plan: QuantPlan, **options: Any) -> Lowering:
     """The onnx quantized lowering (it takes no options)."""
     no_options("onnx", options)
+    check_plan(plan)
     return _lower
 
 
 _ONNX_GEMMS = ("MatMul", "Gemm", "Conv")
-_ORT_INT8_OPS = ("QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearConv", "ConvInteger", "MatMulInteger")
+_ORT_INT8_OPS = (
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearConv",
+    "ConvInteger",
+    "MatMulInteger",
+    "MatMulNBits",
+)
 
 
 def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
@@ -44,6 +57,7 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
     model = onnx.load(str(path))
     _fold_weight_transposes(model)
     placed = _insert_qdq(model, plan, unit.module)
+    ensure_domain(model)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     ops = Counter(node.op_type for node in model.graph.node)
@@ -110,7 +124,8 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
     new_inits: list[Any] = []
     act_cache: dict[tuple[str, float, int], tuple[str, str, str]] = {}  # key → (dequantized, quantized, zero)
     prelude: dict[int, list[Any]] = {}
-    replaced: set[int] = set()  # planned Convs, written as ConvInteger in their prelude
+    replaced: set[int] = set()  # planned Convs, written as a GEMM or ConvInteger in their prelude
+    shapes = value_shapes(model)
     found: Counter[str] = Counter()
 
     def const(name: str, value: np.ndarray) -> str:
@@ -123,6 +138,11 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
             continue
         found[layer.name] += 1
         added = prelude.setdefault(index, [])
+        gemm = node.op_type == "Conv" and _conv_gemm(node, layer, shapes.get(node.input[0]), inits, module, const)
+        if gemm:
+            added.extend(gemm)  # patches x int8 weights: onnxruntime's MatMulIntegerToFloat (conv_gemm.py)
+            replaced.add(index)
+            continue
         act_inputs = (0, 1) if layer.kind == "matmul" else (0,)
         for slot, q in zip(act_inputs, layer.inputs, strict=True):
             key = (node.input[slot], q.scale[0], q.zero_point[0])
@@ -138,6 +158,11 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
         if layer.weight is None:
             continue
         axis = _weight_axis(node, layer.name, inits, module)
+        if layer.weight.granularity == "per_group":  # group-wise weights: a real 4-bit MatMulNBits (nbits.py)
+            stored = numpy_helper.to_array(inits[node.input[1]])
+            added.append(matmul_nbits(node, layer, stored, axis, const))
+            replaced.add(index)
+            continue
         w_scale = np.asarray(layer.weight.scale, np.float32)
         w_int = quantize_array(numpy_helper.to_array(inits[node.input[1]]), layer.weight, axis)
         if node.op_type == "Conv":
@@ -188,6 +213,30 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return sum(found.values())
+
+
+def _conv_gemm(
+    node: Any, layer: Any, x_shape: list[int] | None, inits: dict[str, Any], module: nn.Module, const: Any
+) -> list[Any] | None:
+    """A planned Conv (groups = 1, int8 per-channel weights) as patches x weights, or None where it does not fit
+    (a depthwise conv, a symbolic shape): those stay `ConvInteger`."""
+    from onnx import numpy_helper
+
+    q = layer.weight
+    if q is None or q.granularity == "per_group" or node.input[1] not in inits:
+        return None
+    if not fits(node, x_shape, tuple(inits[node.input[1]].dims)):
+        return None
+    _weight_axis(node, layer.name, inits, module)
+    w_int = quantize_array(numpy_helper.to_array(inits[node.input[1]]), q, 0)
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in inits:
+            raise ConversionError(f"onnx: the bias of {layer.name!r} is computed in the graph, not stored")
+        bias = numpy_helper.to_array(inits[node.input[2]])
+    x = layer.inputs[0]
+    grid = (x.scale[0], x.zero_point[0] - x.quant_min)  # signed plan grid → uint8 storage, as for every input
+    return conv_as_gemm(node, x_shape, w_int, np.asarray(q.scale, np.float32), grid, bias, const)
 
 
 def _conv_integer(

@@ -1,9 +1,12 @@
-"""TFLite int8 from a plan.
+"""TFLite int8 (and blockwise int4) from a plan.
 
 The plan's weights only, through litert-torch's dynamic-range mode: LiteRT's FULLY_CONNECTED / CONV_2D read int8
 weights and quantize their activation inside the kernel (float in, float out). That mode also stores other large
 float weights the plan left out (e.g. transposed convs) as int8; the facts' `weight_dtypes_held` shows it. The
 reference is the PT2E graph with dynamic activations.
+
+A plan with per-group 4-bit Linear weights goes to LiteRT's blockwise int4 FULLY_CONNECTED instead
+(`converters.targets.tflite.blockwise`); 4-bit weights in any other form have no LiteRT kernel and are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import numpy as np
 from torch import nn
 
 from converters.artifact import TargetResult
+from converters.errors import ConversionError
 from converters.quant_lowering import DYNAMIC_REFERENCE, Lowering, gemm_plan, no_options, quant_facts
+from converters.targets.tflite.blockwise import blockwise_layers, lower_blockwise
 from converters.targets.tflite.lower import NamedIO
 from converters.targets.tflite.runner import LiteRTRunner
 from converters.unit import DeployUnit
@@ -26,9 +31,17 @@ from quant.plan import QuantPlan
 
 
 def lowering(plan: QuantPlan, **options: Any) -> Lowering:
-    """The tflite quantized lowering (it takes no options)."""
+    """The tflite quantized lowering (it takes no options): blockwise int4 when the plan has per-group weights."""
     no_options("tflite", options)
-    return _lower
+    grouped = blockwise_layers(gemm_plan(plan))
+    narrow = [lq for n, lq in plan.layers.items() if (lq.weight_bits or 8) < 8 and n not in grouped]
+    if narrow:
+        q = narrow[0].weight
+        raise ConversionError(
+            f"tflite holds 4-bit weights only as per-group (blockwise) Linear weights; plan layer {narrow[0].name!r} "
+            f"is {q.bits}-bit {q.granularity}: re-plan it per group"
+        )
+    return lower_blockwise if grouped else _lower
 
 
 def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult, nn.Module]:
