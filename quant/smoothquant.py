@@ -34,14 +34,13 @@ from torch import Tensor, nn
 from quant.errors import QuantError
 from quant.fake_quant import (
     Batch,
-    ChannelAffine,
-    SmoothedLinear,
     layer_kind,
     materialize_batches,
     quantizable_layers,
     run_batch,
 )
 from quant.metrics import model_outputs
+from quant.modules import ChannelAffine, SmoothedLinear
 from quant.observers import (
     channels_first,
     fake_quantize,
