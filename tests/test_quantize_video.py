@@ -25,15 +25,19 @@ from tests.converters.int8_kernels import ORT_INT8_OPS, litert_gemms, xnnpack_ge
 
 SIZE = 128
 FRAMES = 6
+# Every kind of layer the full model has, fewer of each: windowed and global trunk blocks, two memory attention
+# layers (self + cross). Conversion time grows with the graph, and the int8 bundle is three targets × four units.
+SMALL = {"image_size": SIZE, "depth": 3, "memory_attention_layers": 2}
 
 
 @pytest.fixture(scope="module")
 def tracking_model():
-    """EfficientTAM-Ti at 128 px. Random weights say "no object" on every frame (STACK.md), which makes mask
-    comparisons vacuous; the object-score bias is raised so masks cover part of the frame."""
+    """EfficientTAM-Ti at 128 px with a shallower trunk and memory attention (`SMALL`). Random weights say "no
+    object" on every frame (STACK.md), which makes mask comparisons vacuous; the object-score bias is raised so
+    masks cover part of the frame."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = create("efficienttam_ti", image_size=SIZE)
+    model = create("efficienttam_ti", **SMALL)
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)
     return model
@@ -45,7 +49,7 @@ TARGETS = ("onnx", "executorch", "tflite")  # every int8 target that runs here (
 @pytest.fixture(scope="module")
 def int8_bundle(tracking_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("etam_int8") / "bundle"
-    recipe = Recipe("efficienttam_ti", overrides={"image_size": SIZE}, passes=(QuantConfig("ptq"),), targets=TARGETS)
+    recipe = Recipe("efficienttam_ti", overrides=SMALL, passes=(QuantConfig("ptq"),), targets=TARGETS)
     manifest = run_model(tracking_model, recipe, out=out)
     return out, manifest
 
@@ -82,29 +86,31 @@ def test_every_unit_runs_its_planned_layers_as_int8_kernels(tracking_model, int8
         plan = QuantPlan.from_json((out / manifest["quant"]["units"][name]["plan"]).read_text())
         assert set(plan.summary()["weight_bits"]) == {"8"}
         kinds = Counter(lq.kind for lq in plan.layers.values())
-        assert kinds["linear"] > 0 and set(kinds) <= {"linear", "conv2d"}, kinds
+        assert kinds["linear"] > 0 and set(kinds) <= {"linear", "conv2d", "matmul"}, kinds  # matmul: Q·Kᵀ, A·V
+        module = modules[name]
         if target == "onnx":
             kernels = optimized_op_counts(path)
             assert sum(kernels[op] for op in ORT_INT8_OPS) == kinds.total(), f"{name}: {kernels}"
-            assert (kernels["QGemm"], kernels["ConvInteger"]) == (kinds["linear"], kinds["conv2d"])
+            # Convs run as integer GEMMs over their patches, grouped (depthwise) ones as ConvInteger.
+            grouped = sum(lq.kind == "conv2d" and module.get_submodule(n).groups > 1 for n, lq in plan.layers.items())
+            assert (kernels["QGemm"], kernels["ConvInteger"]) == (kinds["linear"], grouped)
             assert kernels["DequantizeLinear"] == 0
         elif target == "executorch":
             # XNNPACK's dynamically quantized conv declines convs with one input channel per group (documented
             # in converters.quant_lowering.gemm_plan): those stay float, every other planned layer is a qd8 GEMM.
-            module = modules[name]
             one_channel = sum(
                 lq.kind == "conv2d" and module.get_submodule(n).in_channels // module.get_submodule(n).groups == 1
                 for n, lq in plan.layers.items()
             )
             gemms = xnnpack_gemms(path)
             qd8 = sum(n for (_, weight, x), n in gemms.items() if (weight, x) == ("qcint8", "qdint8"))
-            assert qd8 == kinds.total() - one_channel, f"{name}: {gemms}"
+            assert qd8 == kinds.total() - kinds["matmul"] - one_channel, f"{name}: {gemms}"  # no int8 bmm
         else:
             # LiteRT's dynamic-range mode also quantizes large weights the plan leaves float (the decoder's
             # transposed convs): at least every planned layer reads an int8 weight.
             ops = litert_gemms(path)
             int8 = sum(n for (op, dtype), n in ops.items() if dtype == "int8" and op != "TRANSPOSE_CONV")
-            assert int8 >= kinds.total(), f"{name}: {ops}"
+            assert int8 >= kinds.total() - kinds["matmul"], f"{name}: {ops}"  # attention stays float
             assert ops[("FULLY_CONNECTED", "int8")] >= kinds["linear"]
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgevit.errors import EdgevitError
 from edgevit.models.efficienttam.config import EfficientTAMConfig
-from edgevit.video.tracker import UNIT_NAMES, Tracker
+from edgevit.video.tracker import UNIT_NAMES, Runner, Tracker
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -17,9 +19,27 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def eager_tracker(model) -> Tracker:
+def eager_tracker(model, bf16: Collection[str] = ()) -> Tracker:
+    """The tracker over the model's eager units; those named in `bf16` run under CPU bfloat16 autocast.
+
+    Autocast runs matmuls and convolutions in bfloat16 (oneDNN's AVX512-BF16 kernels where the CPU has them)
+    and hands float32 back to the loop, so the memory bank and mask choice are unchanged. Measured on the
+    EfficientTAM trackers: benchmarks/results/tracker_fps.md.
+    """
     units = {u.name: u for u in model.deploy_units()}
-    return Tracker(model.cfg, {name: unit.run_eager for name, unit in units.items()})
+    unknown = sorted(set(bf16) - set(units))
+    if unknown:
+        raise EdgevitError(f"no unit(s) {unknown} to run in bfloat16; units: {', '.join(units)}")
+    return Tracker(model.cfg, {name: _bf16(u.run_eager) if name in bf16 else u.run_eager for name, u in units.items()})
+
+
+def _bf16(run: Runner) -> Runner:
+    def autocast(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run(*inputs)
+        return tuple(x.float() if x.is_floating_point() else x for x in out)
+
+    return autocast
 
 
 def bundle_tracker(bundle: Path, target: str | None, num_threads: int | None = None) -> tuple[Tracker, dict]:

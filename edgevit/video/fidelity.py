@@ -10,7 +10,7 @@ which the parity gate held within 60 dB SQNR of eager per unit at conversion.
 Random weights say "no object" on every frame (STACK.md): both sides then give empty masks and agree vacuously,
 so an IoU over empty reference masks is not reported as a figure, and a bundle whose weights are random gets
 its figures labelled "arithmetic check, not accuracy" (a test raises the object-score bias first, as
-benchmarks/suites/tracker_fps.py does, so that masks are not empty).
+benchmarks/suites/tracker_fps/run.py does, so that masks are not empty).
 """
 
 from __future__ import annotations

@@ -43,3 +43,31 @@ def test_a_single_image_model_is_refused_before_its_checkpoint_is_read(tmp_path:
     missing = tmp_path / "never-read.pt"
     with pytest.raises(EdgevitError, match="model 'mobilevit' does not track video; use efficienttam"):
         make_tracker("mobilevit_xxs", None, missing, None, None)  # reading it would fail: "does not exist"
+
+
+def test_bf16_units_run_in_bfloat16_and_hand_float32_back() -> None:
+    """Named units run under bfloat16 autocast (their outputs move off the fp32 ones, float32 to the loop); the
+    tracker built so follows the fp32 one's masks; a unit name that does not exist is one error naming the units."""
+    from edgevit.data.video import read_frames, sample_video
+    from edgevit.video.assemble import eager_tracker, mask_iou
+    from edgevit.video.tracker import Prompt
+
+    torch.manual_seed(0)
+    model = create("efficienttam_ti", image_size=128, depth=3, memory_attention_layers=2)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(20.0)  # masks not empty (STACK.md)
+    fp32, bf16 = eager_tracker(model), eager_tracker(model, bf16=("image_encoder", "memory_attention"))
+    image = torch.rand(1, 3, 128, 128) * 255
+    (a,), (b,) = fp32.run["image_encoder"](image), bf16.run["image_encoder"](image)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert torch.allclose(a, b, rtol=0.1, atol=0.1 * float(a.abs().max()))
+    mem_inputs = (a, torch.randn(1, 1, 32, 32), torch.tensor([1.0]))  # a unit not named stays float32, bit for bit
+    assert torch.equal(fp32.run["memory_encoder"](*mem_inputs)[0], bf16.run["memory_encoder"](*mem_inputs)[0])
+    frames = list(read_frames(sample_video("bikes"), 4))
+    prompt = Prompt(points=((300.0, 150.0),), labels=(1,))
+    ref = list(fp32.track(frames, prompt))
+    got = list(bf16.track(frames, prompt))
+    assert all(0.01 < r.mask.mean() < 0.99 for r in ref)
+    assert min(mask_iou(r.mask, g.mask) for r, g in zip(ref, got, strict=True)) >= 0.9
+    with pytest.raises(EdgevitError, match="no unit.*'decoder'.*units: image_encoder"):
+        eager_tracker(model, bf16=("decoder",))

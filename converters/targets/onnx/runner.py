@@ -26,6 +26,7 @@ _ORT_TYPES = {
 
 
 ALLOW_SPINNING = False
+IO_BINDING = False
 
 
 class OnnxRuntimeRunner:
@@ -38,11 +39,26 @@ class OnnxRuntimeRunner:
     has no idle thread to spin (898 vs 823 ms, noise); eager torch took 1050 (1 thread) and 1190 ms (2 threads).
     A spinning pool burns the core that the next unit, the tracker's own Python or a neighbour process needs,
     so on a small shared machine it only loses.
+
+    `io_binding`: inputs are bound where they lie and each output is written by the runtime straight into a
+    fresh array this runner hands back, instead of `session.run` allocating its own and copying it into numpy
+    (a fresh array per call, not a reused one: a caller such as the tracker may still hold the previous
+    frame's outputs). The tracker then passes a frame's features from unit to unit without a copy
+    (torch.from_numpy / Tensor.numpy share memory). Off unless asked: on the EfficientTAM-Ti 512 units
+    (benchmarks/results/tracker_fps.md, interleaved calls on a loaded 2-core machine) it saved nothing — the
+    largest output is 4 MB, a copy of well under a millisecond beside 20-550 ms calls, and the medians came out
+    0.9 ms faster to 26 ms slower, within the noise.
     """
 
     target = "onnx"
 
-    def __init__(self, path: Path, num_threads: int | None = None, allow_spinning: bool = ALLOW_SPINNING) -> None:
+    def __init__(
+        self,
+        path: Path,
+        num_threads: int | None = None,
+        allow_spinning: bool = ALLOW_SPINNING,
+        io_binding: bool = IO_BINDING,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -58,10 +74,23 @@ class OnnxRuntimeRunner:
         self.outputs = tuple(_ort_spec(a) for a in self.session.get_outputs())
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
+        # Binding needs every output's shape and dtype up front; a foreign file with symbolic dims runs plainly.
+        self.io_binding = io_binding and all(
+            min(s.shape, default=0) >= 0 and s.dtype in _ORT_TYPES.values() for s in self.outputs
+        )
 
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        feed = dict(zip(self._input_names, prepare_inputs(inputs, self.inputs), strict=True))
-        return tuple(self.session.run(self._output_names, feed))
+        arrays = prepare_inputs(inputs, self.inputs)
+        if not self.io_binding:
+            return tuple(self.session.run(self._output_names, dict(zip(self._input_names, arrays, strict=True))))
+        binding = self.session.io_binding()
+        for name, x in zip(self._input_names, arrays, strict=True):
+            binding.bind_cpu_input(name, x)
+        outputs = tuple(np.empty(s.shape, dtype=s.dtype) for s in self.outputs)
+        for spec, out in zip(self.outputs, outputs, strict=True):
+            binding.bind_output(spec.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return outputs
 
 
 def _ort_spec(arg: Any) -> TensorSpec:

@@ -1,0 +1,1 @@
+"""Tracker FPS suite: `python -m benchmarks.suites.tracker_fps` (see run.py)."""
