@@ -113,6 +113,7 @@ def convert_quantized(
     def lower(tmp: Path) -> TargetResult:
         try:
             result, reference["module"] = lowering(unit, plan, tmp)
+            _weight_bytes(result["facts"]["quant"], plan, target, tmp)
         except (ConversionError, QuantError) as exc:
             raise ConversionError(str(exc)) from exc
         except OSError as exc:
@@ -133,6 +134,16 @@ def convert_quantized(
         backends=(*info.backends, "torchao"),
         floor=min_sqnr_db,
     )
+
+
+def _weight_bytes(quant: dict[str, Any], plan: QuantPlan, target: str, path: Path) -> None:
+    """Planned weight bytes (`quant.cost`, what a bytes budget was held to) beside those read back from the
+    written file (None where the format is not read: see `converters.written_bytes`)."""
+    from converters.written_bytes import written_weight_bytes
+    from quant.cost import plan_bytes
+
+    quant["weight_bytes_planned"] = plan_bytes(plan, target)
+    quant["weight_bytes_written"] = written_weight_bytes(target, path, quant)
 
 
 def _parity(

@@ -103,6 +103,15 @@ def convert_cmd(
     budget_mb: Annotated[
         float | None, typer.Option("--budget-mb", help="With --quant: quantized-weight budget in MB.")
     ] = None,
+    budget_ms: Annotated[
+        float | None, typer.Option("--budget-ms", help="With --quant and --bits mixed: latency budget in ms.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="With --budget-ms: where it is measured (local, ssh:HOST, adb:SERIAL).")
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option(help="With --quant: print the plan; for mixed, each layer's bits, cost and why.")
+    ] = False,
     calib: Annotated[
         str | None,
         typer.Option(help="With --quant or --prune: calibration folder, video, or 'builtin' (the default)."),
@@ -167,7 +176,7 @@ def convert_cmd(
         return
     prune_config = prune_from_flags(prune, prune_score, prune_by, recover_steps)
     quant_calib = calib if quant is not None or prune_config is None else None  # --calib also feeds --prune
-    quant_options = QuantOptions.from_flags(quant, bits, budget_mb, quant_calib, precision)
+    quant_options = QuantOptions.from_flags(quant, bits, budget_mb, quant_calib, precision, budget_ms, device, explain)
     flags_recipe = recipe_from_flags(
         model,
         variant,
@@ -180,7 +189,7 @@ def convert_cmd(
         calib,
         tokens=tokens_from_flags(tokens, token_flops, token_keep, token_start),
     )
-    convert(flags_recipe, out, force, as_json)
+    convert(flags_recipe, out, force, as_json, explain)
 
 
 @app.command("inspect")
@@ -219,7 +228,16 @@ def quantize_cmd(
         str, typer.Option(help="Calibration images: a folder, a video file, or 'builtin' (packaged photos).")
     ] = "builtin",
     target: Annotated[str, typer.Option(help="onnx, executorch, tflite, coreml, all, or a comma list.")] = "all",
-    explain: Annotated[bool, typer.Option(help="Print the plan, or the mixed-precision sensitivity table.")] = False,
+    explain: Annotated[
+        bool, typer.Option(help="Print the plan; for mixed: per layer its bits, sensitivity, cost and why.")
+    ] = False,
+    budget_ms: Annotated[
+        float | None,
+        typer.Option("--budget-ms", help="With --bits mixed: latency budget in ms, measured on --device per layer."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="With --budget-ms: where to measure (local, ssh:HOST, adb:SERIAL, mac:HOST).")
+    ] = None,
     recon_iters: Annotated[
         int, typer.Option("--recon-iters", help="qhyvit: learned-rounding steps per block (fewer: faster, coarser).")
     ] = 200,
@@ -250,6 +268,8 @@ def quantize_cmd(
         force,
         as_json,
         recon_iters,
+        budget_ms,
+        device,
     )
 
 

@@ -1,47 +1,74 @@
-"""Greedy mixed-precision bit allocation (MPTQ-ViT's Greedy MP) under a weight-size budget.
+"""Greedy mixed-precision bit allocation (MPTQ-ViT's Greedy MP) under a budget: bytes, or measured milliseconds.
 
 Why greedy on a sensitivity table: layers differ by orders of magnitude in how much output error their
 quantization causes, so spending bits where the table says they matter beats any uniform bit-width of
-the same size. Every layer starts at its highest candidate bits; while a budget is exceeded, the step
-down (one layer, one bit-width notch) that adds the least output noise per byte saved is taken; then
-leftover room is spent on the steps up that remove the most noise per byte. Noise is the relative output
-noise power 10^(-SQNR/10) of the table, which adds across layers (dB does not).
+the same size. Every layer starts at its highest candidate bits; while a budget is exceeded, the move (one layer
+to another of its widths) that adds the least output noise per unit of budget saved is taken; then leftover room
+is spent on the moves that remove the most noise per unit spent. Noise is the relative output noise power
+10^(-SQNR/10) of the table, which adds across layers (dB does not).
 
-Budgets: weights in MB (10^6 bytes, packed integer payload of the quantized layers — what a phone
-downloads and maps), and optionally the activation bytes those layers read per sample, which is what
-makes lower activation bit candidates worth anything.
+What a budget counts is a `Budget`: a limit and a `cost(layer) -> float | None` of one candidate layer (its
+`LayerQuant`: kind, shape, bits and the grid the plan will hold), None when that candidate cannot be held. Bytes
+come from `quant.cost` (what each target really stores); milliseconds from a measured cost the caller supplies
+(`edgevit.compress.bitsearch` benches each layer's real artifact kernel on the device), so this module never
+imports a runtime. Moves are not only one notch down: on a real runtime a narrower width can be *slower*
+(4-bit conv weights held in int8 storage, a GEMM without a 4-bit kernel), and the search takes what is measured.
+
+Every step is recorded in the plan's `metadata["allocation"]`: per layer its bits, its measured sensitivity
+(output SQNR with that layer alone quantized at those bits), its cost, and why it got them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
+from quant.cost import payload_bytes
 from quant.errors import QuantError
 from quant.fake_quant import CalibrationStats
 from quant.metrics import SensitivityTable
-from quant.plan import QuantPlan
+from quant.plan import LayerQuant, QuantPlan
 
 _MB = 1e6
+_MAX_STEPS = 100_000
+
+LayerCost = Callable[[LayerQuant], "float | None"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One limit the plan must hold: `cost(layer)` summed over layers plus `fixed` ≤ `limit`, in `unit`."""
+
+    kind: str
+    limit: float
+    cost: LayerCost
+    unit: str = "B"
+    fixed: float = 0.0  # what no bit choice changes (e.g. the latency of ops that stay float)
+    scale: float = 1.0  # `unit` per displayed unit (1e6 for MB)
+    display: str = "B"
+    activations: bool = False  # whether `cost` depends on activation bits (else they stay at their highest)
+
+
+def bytes_budget(budget_mb: float, cost: LayerCost | None = None, kind: str = "weight") -> Budget:
+    """A weight budget in MB; `cost` defaults to the packed integer payload (use `quant.cost` for a target)."""
+    return Budget(kind, budget_mb * _MB, cost or payload_bytes, "B", scale=_MB, display="MB")
+
+
+def latency_budget(budget_ms: float, cost: LayerCost, fixed_ms: float) -> Budget:
+    """A latency budget: `cost(layer)` is the measured ms of that layer's kernel at its bits, `fixed_ms` the rest."""
+    return Budget("latency", budget_ms, cost, "ms", fixed=fixed_ms, display="ms")
 
 
 @dataclass
 class _Layer:
     name: str
-    weight_numel: int
-    input_numel: int
-    w_choices: list[int | None]  # high → low
-    a_choices: list[int]  # high → low
-
-
-def _weight_bytes(layer: _Layer, w: int | None) -> float:
-    return math.ceil(layer.weight_numel * w / 8) if w is not None else 0.0
-
-
-def _act_bytes(layer: _Layer, a: int) -> float:
-    return layer.input_numel * a / 8
+    choices: list[tuple[int | None, int]]  # (weight bits, act bits), highest first
+    costs: dict[tuple[int | None, int], dict[str, float]] = field(default_factory=dict)
 
 
 def greedy_allocate(
@@ -50,114 +77,198 @@ def greedy_allocate(
     budget_mb: float,
     *,
     activation_budget_mb: float | None = None,
+    weight_cost: LayerCost | None = None,
 ) -> QuantPlan:
-    """A plan whose quantized weights fit `budget_mb`, with bits chosen by the sensitivity table."""
+    """A plan whose quantized weights fit `budget_mb` (as `weight_cost` counts them: default the packed payload;
+    `quant.cost.weight_bytes` for what a target stores), with bits chosen by the sensitivity table."""
+    budgets = [bytes_budget(budget_mb, weight_cost)]
+    if activation_budget_mb is not None:
+
+        def act_bytes(layer: LayerQuant) -> float:
+            return stats.layers[layer.name].input_numel * layer.act_bits / 8
+
+        budgets.append(Budget("activation", activation_budget_mb * _MB, act_bytes, "B", 0.0, _MB, "MB", True))
+    plan = allocate(stats, table, budgets)
+    plan.metadata.update({"budget_mb": budget_mb, "activation_budget_mb": activation_budget_mb})
+    return plan
+
+
+def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence[Budget]) -> QuantPlan:
+    """The greedy plan under every budget in `budgets` (see the module docstring)."""
     missing = [n for n in stats.layers if n not in table.sqnr_db]
     if missing:
         raise QuantError(f"layer {missing[0]!r} has no sensitivity entry: measure the table on the same stats")
+    quants: dict[tuple[str, int | None, int], LayerQuant] = {}
+
+    def quant(name: str, choice: tuple[int | None, int]) -> LayerQuant:
+        key = (name, *choice)
+        if key not in quants:
+            quants[key] = stats.layers[name].layer_quant(choice[0], choice[1], "greedy-mp")
+        return quants[key]
+
+    # Narrower activations only add noise unless a budget prices them.
+    top_act = None if any(b.activations for b in budgets) else max(table.act_bits)
     layers = []
     for name in stats.layers:
-        choices = table.choices(name)
-        layers.append(
-            _Layer(
-                name=name,
-                weight_numel=table.weight_numel[name],
-                input_numel=table.input_numel[name],
-                w_choices=sorted({w for w, _ in choices}, key=lambda w: -1 if w is None else w, reverse=True),
-                a_choices=sorted({a for _, a in choices}, reverse=True),
-            )
-        )
-    budgets = {"weight": budget_mb * _MB}
-    if activation_budget_mb is not None:
-        budgets["activation"] = activation_budget_mb * _MB
+        order = sorted(table.choices(name), key=lambda c: (-1 if c[0] is None else c[0], c[1]), reverse=True)
+        order = [c for c in order if top_act is None or c[1] == top_act]
+        lyr = _Layer(name, [])
+        for choice in order:
+            costs = {b.kind: b.cost(quant(name, choice)) for b in budgets}
+            if all(v is not None for v in costs.values()):
+                lyr.choices.append(choice)
+                lyr.costs[choice] = costs  # type: ignore[assignment]
+        if not lyr.choices:
+            raise QuantError(f"layer {name!r} has no bit-width every budget can cost (e.g. the target cannot hold it)")
+        layers.append(lyr)
+    by_name = {lyr.name: lyr for lyr in layers}
+    limits = {b.kind: b for b in budgets}
 
-    def sizes(state: dict[str, tuple[int, int]]) -> dict[str, float]:
-        out = {"weight": sum(_weight_bytes(lyr, lyr.w_choices[state[lyr.name][0]]) for lyr in layers)}
-        if "activation" in budgets:
-            out["activation"] = sum(_act_bytes(lyr, lyr.a_choices[state[lyr.name][1]]) for lyr in layers)
-        return out
+    def total(state: dict[str, tuple[int | None, int]]) -> dict[str, float]:
+        return {k: b.fixed + sum(lyr.costs[state[lyr.name]][k] for lyr in layers) for k, b in limits.items()}
 
-    def noise(lyr: _Layer, wi: int, ai: int) -> float:
-        return table.noise(lyr.name, lyr.w_choices[wi], lyr.a_choices[ai])
-
-    lowest = {lyr.name: (len(lyr.w_choices) - 1, len(lyr.a_choices) - 1) for lyr in layers}
-    floor = sizes(lowest)
-    for kind, limit in budgets.items():
-        if floor[kind] > limit:
-            lowest_bits = min(table.weight_bits) if kind == "weight" else min(table.act_bits)
+    for kind, b in limits.items():
+        cheapest = [min(lyr.choices, key=lambda c, lyr=lyr: lyr.costs[c][kind]) for lyr in layers]
+        floor = b.fixed + sum(lyr.costs[c][kind] for lyr, c in zip(layers, cheapest, strict=True))
+        if floor > b.limit:
+            widths = {w for w, _ in cheapest if w is not None}
+            at = f", with every layer at {widths.pop()} bits," if len(widths) == 1 else ", every layer at its cheapest,"
             raise QuantError(
-                f"{kind} budget {limit / _MB:.4g} MB cannot be met: the smallest reachable {kind} size, "
-                f"with every layer at {lowest_bits} bits, is {floor[kind] / _MB:.4g} MB"
+                f"{kind} budget {b.limit / b.scale:.4g} {b.display} cannot be met: the smallest reachable {kind}"
+                f"{' size' if b.unit == 'B' else ''}{at} is {floor / b.scale:.4g} {b.display}"
             )
 
-    state = {lyr.name: (0, 0) for lyr in layers}
+    def noise(name: str, choice: tuple[int | None, int]) -> float:
+        return table.noise(name, *choice)
 
-    def moves(direction: int) -> list[tuple[_Layer, tuple[int, int]]]:
-        found = []
-        for lyr in layers:
-            wi, ai = state[lyr.name]
-            for nwi, nai in ((wi + direction, ai), (wi, ai + direction)):
-                if 0 <= nwi < len(lyr.w_choices) and 0 <= nai < len(lyr.a_choices):
-                    found.append((lyr, (nwi, nai)))
-        return found
+    state = {lyr.name: lyr.choices[0] for lyr in layers}
+    why: dict[str, str] = {}
+    steps = 0
 
-    def byte_delta(lyr: _Layer, old: tuple[int, int], new: tuple[int, int]) -> dict[str, float]:
-        delta = {"weight": _weight_bytes(lyr, lyr.w_choices[new[0]]) - _weight_bytes(lyr, lyr.w_choices[old[0]])}
-        if "activation" in budgets:
-            delta["activation"] = _act_bytes(lyr, lyr.a_choices[new[1]]) - _act_bytes(lyr, lyr.a_choices[old[1]])
-        return delta
+    def describe(phase: str, name: str, old: tuple, new: tuple, delta: dict[str, float], candidates: int) -> str:
+        moved = ", ".join(f"{v / limits[k].scale:+.3g} {limits[k].display}" for k, v in delta.items())
+        added = noise(name, new) - noise(name, old)
+        if phase == "down":
+            least = f"least per unit saved of {candidates}"
+            return f"step {steps}: {_bits(old)}→{_bits(new)} ({moved}), +{added:.2g} noise: {least}"
+        return f"step {steps}: raised {_bits(old)}→{_bits(new)} with room left ({moved}), −{-added:.2g} noise"
 
-    # Step down until every budget holds: least added noise per (budget-normalised) byte saved.
+    def delta_of(lyr: _Layer, new: tuple[int | None, int]) -> dict[str, float]:
+        return {k: lyr.costs[new][k] - lyr.costs[state[lyr.name]][k] for k in limits}
+
+    # Move until every budget holds: least added noise per (budget-normalised) unit saved. Per layer and
+    # direction only the nearest width that saves is a move: one notch when costs fall with the bits, a jump
+    # over a width that costs more (measured latency) when they do not.
     while True:
-        current = sizes(state)
-        violated = [k for k in budgets if current[k] > budgets[k]]
+        current = total(state)
+        violated = [k for k, b in limits.items() if current[k] > b.limit]
         if not violated:
             break
-        best, best_score = None, math.inf
-        for lyr, new in moves(+1):
+        best, best_score, considered = None, math.inf, 0
+        for lyr in layers:
             old = state[lyr.name]
-            saved = sum(-byte_delta(lyr, old, new)[k] / budgets[k] for k in violated)
-            if saved <= 0:
-                continue
-            score = (noise(lyr, *new) - noise(lyr, *old)) / saved
-            if score < best_score:
-                best, best_score = (lyr, new), score
-        assert best is not None, "the floor check guarantees a step down exists"
-        state[best[0].name] = best[1]
+            for side in _sides(lyr, old):
+                for new in side:
+                    delta = delta_of(lyr, new)
+                    saved = sum(-delta[k] / limits[k].limit for k in violated)
+                    if saved <= 0 or any(d > 0 and current[k] + d > limits[k].limit for k, d in delta.items()):
+                        continue
+                    considered += 1
+                    score = (noise(lyr.name, new) - noise(lyr.name, old)) / saved
+                    if score < best_score:
+                        best, best_score = (lyr, new, delta), score
+                    break
+        if best is None or steps >= _MAX_STEPS:
+            raise QuantError(f"no move brings the plan under its {', '.join(violated)} budget (stuck at step {steps})")
+        steps += 1
+        lyr, new, delta = best
+        why[lyr.name] = describe("down", lyr.name, state[lyr.name], new, delta, considered)
+        state[lyr.name] = new
 
-    # Spend what is left: most noise removed per byte, as long as every budget still holds.
-    while True:
-        current = sizes(state)
+    # Spend what is left: most noise removed per unit spent, as long as every budget still holds.
+    while steps < _MAX_STEPS:
+        current = total(state)
         best, best_score = None, 0.0
-        for lyr, new in moves(-1):
+        for lyr in layers:
             old = state[lyr.name]
-            delta = byte_delta(lyr, old, new)
-            if any(current[k] + delta[k] > budgets[k] for k in budgets):
-                continue
-            gain = noise(lyr, *old) - noise(lyr, *new)
-            cost = sum(delta[k] / budgets[k] for k in budgets)
-            score = gain / cost if cost > 0 else (math.inf if gain > 0 else 0.0)
-            if score > best_score:
-                best, best_score = (lyr, new), score
+            for side in _sides(lyr, old):
+                for new in side:
+                    gain = noise(lyr.name, old) - noise(lyr.name, new)
+                    delta = delta_of(lyr, new)
+                    if gain <= 0 or any(current[k] + d > limits[k].limit for k, d in delta.items()):
+                        continue
+                    spent = sum(d / limits[k].limit for k, d in delta.items())
+                    score = gain / spent if spent > 0 else math.inf
+                    if score > best_score:
+                        best, best_score = (lyr, new, delta), score
+                    break
         if best is None:
             break
-        state[best[0].name] = best[1]
+        steps += 1
+        lyr, new, delta = best
+        why[lyr.name] = describe("up", lyr.name, state[lyr.name], new, delta, 0)
+        state[lyr.name] = new
 
-    bits = {lyr.name: (lyr.w_choices[state[lyr.name][0]], lyr.a_choices[state[lyr.name][1]]) for lyr in layers}
-    plan = stats.plan(bits=bits, method="greedy-mp")
-    predicted = sum(noise(lyr, *state[lyr.name]) for lyr in layers)
+    plan = stats.plan(bits=state, method="greedy-mp")
+    plan.layers = {name: quant(name, state[name]) for name in stats.layers}
+    predicted = sum(noise(n, c) for n, c in state.items())
+    used = total(state)
     plan.metadata.update(
         {
-            "budget_mb": budget_mb,
-            "activation_budget_mb": activation_budget_mb,
             "predicted_sqnr_db": -10 * math.log10(predicted) if predicted > 0 else math.inf,
+            "allocation": {
+                "steps": steps,
+                "budgets": [
+                    {"kind": b.kind, "unit": b.unit, "limit": b.limit, "used": used[b.kind], "fixed": b.fixed}
+                    for b in budgets
+                ],
+                "layers": {
+                    name: {
+                        "weight_bits": choice[0],
+                        "act_bits": choice[1],
+                        "sqnr_db": table.sqnr_db[name][choice],
+                        "sqnr_drop_db": _drop(table, name, choice, by_name[name].choices[0]),
+                        "noise_share": noise(name, choice) / predicted if predicted > 0 else 0.0,
+                        "cost": by_name[name].costs[choice],
+                        "why": why.get(name, _kept(by_name[name], steps)),
+                    }
+                    for name, choice in state.items()
+                },
+            },
         }
     )
     return plan
 
 
-def explain(table: SensitivityTable, plan: QuantPlan | None = None) -> Table:
-    """The sensitivity table as a rich table (SQNR dB per candidate), with the plan's choice if given."""
+def _sides(lyr: _Layer, old: tuple[int | None, int]) -> tuple[list, list]:
+    """The layer's other widths, nearest first: narrower ones, then wider ones."""
+    i = lyr.choices.index(old)
+    return lyr.choices[i + 1 :], lyr.choices[:i][::-1]
+
+
+def _bits(choice: tuple[int | None, int]) -> str:
+    w, a = choice
+    return f"W{w}A{a}" if w is not None else f"A{a}"
+
+
+def _drop(table: SensitivityTable, name: str, choice: tuple[int | None, int], top: tuple[int | None, int]) -> float:
+    """dB of output SQNR this layer's width costs against its highest candidate (0 when it kept it)."""
+    best, got = table.sqnr_db[name][top], table.sqnr_db[name][choice]
+    return 0.0 if choice == top or best == got else float(best - got)
+
+
+def _kept(lyr: _Layer, steps: int) -> str:
+    if len(lyr.choices) == 1:
+        return f"only {_bits(lyr.choices[0])} can be held here"
+    if steps == 0:
+        return "the highest width fits the budget"
+    return "kept its widest: moves elsewhere added less noise per unit saved"
+
+
+def explain(table: SensitivityTable, plan: QuantPlan | None = None) -> Table | Group:
+    """The sensitivity table as a rich table (SQNR dB per candidate); with an allocated plan, a second table of
+    its choice per layer: bits, measured sensitivity at those bits (and the dB they cost against the widest),
+    cost per budget, and the greedy step that gave them, with each budget and what was used in the caption."""
     columns = [(w, a) for w in table.weight_bits for a in table.act_bits]
     if any(kind == "matmul" for kind in table.kinds.values()):
         columns += [(None, a) for a in table.act_bits]
@@ -167,20 +278,36 @@ def explain(table: SensitivityTable, plan: QuantPlan | None = None) -> Table:
     out.add_column("weights", justify="right")
     for w, a in columns:
         out.add_column(f"W{w}A{a}" if w is not None else f"A{a}", justify="right")
-    if plan is not None:
-        out.add_column("chosen", justify="right")
-        out.caption = f"plan: {plan.weight_bytes() / _MB:.4g} MB of quantized weights" + (
-            f", budget {plan.metadata['budget_mb']:.4g} MB" if "budget_mb" in plan.metadata else ""
-        )
     for name in table.layers:
         row = [name, table.kinds[name], f"{table.weight_numel[name]:,}"]
         row += [f"{table.sqnr_db[name][c]:.1f}" if c in table.sqnr_db[name] else "" for c in columns]
-        if plan is not None:
-            layer = plan.layers.get(name)
-            if layer is None:
-                row.append("")
-            else:
-                w = f"W{layer.weight_bits}" if layer.weight_bits is not None else ""
-                row.append(f"{w}A{layer.act_bits}")
         out.add_row(*row)
-    return out
+    allocation = plan.metadata.get("allocation") if plan is not None else None
+    if plan is None or not allocation:
+        return out
+    budgets = allocation["budgets"]
+    choice = Table(title="the plan's choice", caption="; ".join(_budget_line(b) for b in budgets))
+    choice.add_column("layer", no_wrap=True)
+    for col in ("bits", "SQNR dB", "−dB"):
+        choice.add_column(col, justify="right", no_wrap=True)
+    for b in budgets:
+        choice.add_column(
+            b["kind"] + (" bytes" if b["unit"] == "B" else f" {b['unit']}"), justify="right", no_wrap=True
+        )
+    choice.add_column("why")
+    for name, got in allocation["layers"].items():
+        bits = _bits((got["weight_bits"], got["act_bits"]))
+        cost = [_fmt(got["cost"][b["kind"]], b["unit"]) for b in budgets]
+        choice.add_row(name, bits, f"{got['sqnr_db']:.1f}", f"{got['sqnr_drop_db']:.1f}", *cost, got["why"])
+    return Group(out, choice)
+
+
+def _budget_line(b: dict[str, Any]) -> str:
+    if b["unit"] == "B":
+        return f"{b['kind']} budget {b['limit'] / _MB:.4g} MB, used {b['used'] / _MB:.4g} MB ({b['used']:,.0f} bytes)"
+    fixed = f" (of which {b['fixed']:.3g} {b['unit']} not set by bits)" if b["fixed"] else ""
+    return f"{b['kind']} budget {b['limit']:.4g} {b['unit']}, predicted {b['used']:.4g} {b['unit']}{fixed}"
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:,.0f}" if unit == "B" else f"{value:.3g}"

@@ -104,7 +104,7 @@ RANDOM_NOTE = "note: no --checkpoint: these weights are RANDOM (files are valid,
 @pytest.mark.parametrize(
     ("flags", "message", "after_model"),
     [
-        (["--bits", "4", "--target", "onnx"], "cannot hold 4-bit weights: onnx holds 8-bit weights", False),
+        (["--bits", "6", "--target", "onnx"], "cannot hold 6-bit weights: onnx holds 4/8-bit weights", False),
         (["--bits", "6", "--target", "tflite"], "coreml holds 4/6/8-bit weights and 8-bit activations", False),
         (["--bits", "mixed"], "--bits mixed needs --budget-mb", False),
         (["--bits", "mixed", "--budget-mb", "1", "--target", "tflite"], "more than one weight width", False),

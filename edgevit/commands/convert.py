@@ -22,21 +22,35 @@ class QuantOptions:
     bits: str
     budget_mb: float | None
     calib: str
+    budget_ms: float | None = None
+    device: str | None = None
 
     @classmethod
     def from_flags(
-        cls, method: str | None, bits: str | None, budget_mb: float | None, calib: str | None, precision: str | None
+        cls,
+        method: str | None,
+        bits: str | None,
+        budget_mb: float | None,
+        calib: str | None,
+        precision: str | None,
+        budget_ms: float | None = None,
+        device: str | None = None,
+        explain: bool = False,
     ) -> QuantOptions | None:
         """None for a float conversion; refuses quantization flags without `--quant` and `--precision` with it."""
         if method is None:
-            flags = (("--bits", bits), ("--budget-mb", budget_mb), ("--calib", calib))
+            flags = (("--bits", bits), ("--budget-mb", budget_mb), ("--calib", calib), ("--budget-ms", budget_ms))
+            flags += (("--device", device), ("--explain", explain or None))
             given = [flag for flag, value in flags if value is not None]
             if given:
                 raise EdgevitError(f"{', '.join(given)} only apply with --quant ptq|qhyvit|mptq")
             return None
         if precision is not None:
             raise EdgevitError("--precision sets float artifacts; with --quant the plan sets the bits (drop one)")
-        return cls(method, bits or "8", budget_mb, calib or "builtin")
+        return cls(method, bits or "8", budget_mb, calib or "builtin", budget_ms, device)
+
+    def config(self) -> QuantConfig:
+        return QuantConfig(self.method, self.bits, self.budget_mb, budget_ms=self.budget_ms, device=self.device)
 
 
 def recipe_from_flags(
@@ -52,7 +66,7 @@ def recipe_from_flags(
     tokens: TokensConfig | None = None,
 ) -> Recipe:
     """The recipe the flags describe: a float conversion, or a prune pass and/or one quant pass (pruned first)."""
-    passes = () if quant is None else (QuantConfig(quant.method, quant.bits, quant.budget_mb),)
+    passes = () if quant is None else (quant.config(),)
     passes = passes if tokens is None else (tokens, *passes)
     passes = passes if prune is None else (prune, *passes)
     return Recipe(
@@ -101,8 +115,8 @@ def refuse_flags_with_recipe(given: Sequence[str]) -> None:
         raise EdgevitError(f"{flags} cannot be given with --recipe (only --out, --force, --json); edit the recipe")
 
 
-def convert(recipe: Recipe, out: Path, force: bool, as_json: bool) -> None:
-    """Build the recipe into `out` and print the bundle (its manifest with `as_json`)."""
+def convert(recipe: Recipe, out: Path, force: bool, as_json: bool, explain: bool = False) -> None:
+    """Build the recipe into `out` and print the bundle (its manifest with `as_json`; the plan with `explain`)."""
     from edgevit.console.run import build
 
-    build(recipe, out, force, as_json)
+    build(recipe, out, force, as_json, explain)

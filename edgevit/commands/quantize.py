@@ -29,6 +29,8 @@ def quantize(
     force: bool,
     as_json: bool,
     recon_iters: int = QHYVIT_ITERS,
+    budget_ms: float | None = None,
+    device: str | None = None,
 ) -> None:
     from edgevit.console.run import build
 
@@ -37,7 +39,7 @@ def quantize(
         variant=variant,
         checkpoint=checkpoint,
         overrides=parse_overrides(overrides),
-        passes=(QuantConfig(method, bits, budget_mb, recon_iters),),
+        passes=(QuantConfig(method, bits, budget_mb, recon_iters, budget_ms, device),),
         targets=tuple(target.split(",")),
         calibration=calib,
     )

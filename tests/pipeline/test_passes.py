@@ -66,11 +66,14 @@ def test_the_command_ships_the_plan_the_suite_measures(tmp_path, capsys) -> None
     model = build_model(Recipe("vit", "ti16_224", overrides=TINY))
     (found,), _ = unit_batches(model, "builtin")
     prepared = quant_ours.prepare("mptq", found.unit.module, found.calib, (4, 8))
+    passes.quant.four_bit_grid(prepared, ("coreml",))  # Core ML lowers group-wise 4-bit: the pass plans groups
     measured = quant_ours.uniform_plan(prepared, 4, 8)
     assert json.loads(shipped.to_json())["layers"] == json.loads(measured.to_json())["layers"]
     assert shipped.summary()["smoothed_layers"] > 0 and shipped.summary()["weight_bits"] == {"4": 10}
     # α was searched for 4-bit weights: at 8 bits the search picks other strengths (what the CLI shipped before)
-    at_w8 = quant_ours.uniform_plan(quant_ours.prepare("mptq", found.unit.module, found.calib, (8, 8)), 4, 8)
+    prepared_w8 = quant_ours.prepare("mptq", found.unit.module, found.calib, (8, 8))
+    passes.quant.four_bit_grid(prepared_w8, ("coreml",))
+    at_w8 = quant_ours.uniform_plan(prepared_w8, 4, 8)
     assert json.loads(at_w8.to_json())["layers"] != json.loads(shipped.to_json())["layers"]
 
 
@@ -79,5 +82,5 @@ def test_a_quant_pass_checks_its_values_before_any_work() -> None:
         passes.quant.check(QuantConfig("qhyvit", "8", recon_iters=0), Names())
     with pytest.raises(EdgevitError, match="--target onnx cannot hold 6-bit weights"):
         passes.quant.usable_targets(QuantConfig("ptq", "6"), ("onnx",), Names())
-    kept, skipped = passes.quant.usable_targets(QuantConfig("ptq", "4"), ("onnx", "executorch"), Names())
-    assert kept == ("executorch",) and skipped == {"onnx": "holds 8-bit weights and 8-bit activations"}
+    kept, skipped = passes.quant.usable_targets(QuantConfig("ptq", "6"), ("onnx", "coreml"), Names())
+    assert kept == ("coreml",) and skipped == {"onnx": "holds 4/8-bit weights and 8-bit activations"}

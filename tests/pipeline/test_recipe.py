@@ -108,8 +108,8 @@ def test_a_bad_file_is_one_line_naming_the_key(tmp_path, text, message) -> None:
 
 
 def test_what_the_targets_cannot_hold_names_the_recipe_key(tmp_path) -> None:
-    path = write(tmp_path, 'model = "vit"\ntargets = ["onnx"]\n[[passes]]\nkind = "quant"\nbits = 4\n')
-    with pytest.raises(EdgevitError, match=r"r\.toml: targets onnx cannot hold 4-bit weights: onnx holds 8-bit"):
+    path = write(tmp_path, 'model = "vit"\ntargets = ["onnx"]\n[[passes]]\nkind = "quant"\nbits = 6\n')
+    with pytest.raises(EdgevitError, match=r"r\.toml: targets onnx cannot hold 6-bit weights: onnx holds 4/8-bit"):
         check(Recipe.from_toml(path))
 
 

@@ -4,8 +4,13 @@ deploy unit on what it sees in use and plans its bits with the one recipe in `qu
 Methods: `ptq` (min/max calibration, per-channel symmetric weights, per-tensor activations on Linear/Conv inputs),
 `qhyvit` (Q-HyViT: BN folding, output-aware scale search, block-wise learned rounding with the hybrid's
 conv→attention bridges reconstructed jointly) and `mptq` (MPTQ-ViT: SQ-b smoothing with a per-layer search of its
-strength for the requested bits, then the same calibration). `bits = "mixed"` spends a weight budget where a
-per-layer sensitivity table says it matters, over the weight widths every chosen target holds.
+strength for the requested bits, then the same calibration). `bits = "mixed"` spends a budget where a per-layer
+sensitivity table says it matters, over the weight widths every chosen target holds: `budget_mb` counts the bytes
+each target really stores for a layer (`quant.cost`: integers, scales, zero points, palettes; the largest over the
+targets, since one plan feeds them all), and is read back from every written artifact (the manifest's
+`facts.quant.weight_bytes_written`); `budget_ms` with `device` counts milliseconds measured per layer and width on
+that device's runtime (`edgevit.compress.bitsearch`), and the final artifact is benched against it. 4-bit weights
+are planned on group-wise MSE grids (`four_bit_grid`).
 """
 
 from __future__ import annotations
@@ -25,18 +30,22 @@ from quant.plan import QuantPlan
 METHODS = ("ptq", "qhyvit", "mptq")
 BITS = ("8", "6", "4", "mixed")
 QHYVIT_ITERS = 200  # learned-rounding steps per reconstruction block: most of the gain comes in the first 200
+GROUP_SIZE = 32  # input columns per 4-bit scale in mixed plans (MatMulNBits, XNNPACK and Core ML all take 32)
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """Quantize every deploy unit: `method`, weight `bits` (activations are 8-bit), a weight budget in MB
-    (required by mixed, a ceiling otherwise) and Q-HyViT's learned-rounding steps per block."""
+    (required by mixed unless `budget_ms` is given, a ceiling otherwise), Q-HyViT's learned-rounding steps per
+    block, and a latency budget in ms measured on `device` (as `edgevit bench --device` names it; mixed only)."""
 
     kind: ClassVar[str] = "quant"
     method: str = "ptq"
     bits: str = "8"
     budget_mb: float | None = None
     recon_iters: int = QHYVIT_ITERS
+    budget_ms: float | None = None
+    device: str | None = None
 
 
 def from_table(table: Mapping[str, Any], names: Names) -> QuantConfig:
@@ -48,12 +57,20 @@ def from_table(table: Mapping[str, Any], names: Names) -> QuantConfig:
     values = dict(table)
     if isinstance(values.get("bits"), int) and not isinstance(values["bits"], bool):
         values["bits"] = str(values["bits"])
-    kinds = {"method": str, "bits": str, "budget_mb": (int, float), "recon_iters": int}
+    kinds = {
+        "method": str,
+        "bits": str,
+        "budget_mb": (int, float),
+        "recon_iters": int,
+        "budget_ms": (int, float),
+        "device": str,
+    }
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, kinds[key]):
             raise EdgevitError(f"{names(key)} = {value!r} has the wrong type; see the README's Recipes section")
-    if "budget_mb" in values:
-        values["budget_mb"] = float(values["budget_mb"])
+    for key in ("budget_mb", "budget_ms"):
+        if key in values:
+            values[key] = float(values[key])
     return QuantConfig(**values)
 
 
@@ -75,8 +92,35 @@ def check(config: QuantConfig, names: Names) -> None:
         raise EdgevitError(
             f"{n('recon_iters')} must be at least 1 (learned-rounding steps per block), got {config.recon_iters}"
         )
-    if config.bits == "mixed" and budget is None:
-        raise EdgevitError(f"{n('bits')} mixed needs {n('budget_mb')}: the weight size the bits are allocated to fit")
+    _check_latency(config, names)
+    if config.bits == "mixed" and budget is None and config.budget_ms is None:
+        raise EdgevitError(
+            f"{n('bits')} mixed needs {n('budget_mb')} (the weight size the bits are allocated to fit) or "
+            f"{n('budget_ms')} with {n('device')} (the latency measured there)"
+        )
+
+
+def _check_latency(config: QuantConfig, names: Names) -> None:
+    """A latency budget needs a device, mixed bits and no second budget; a device needs a latency budget."""
+    n, ms = names, config.budget_ms
+    if ms is None:
+        if config.device is not None:
+            raise EdgevitError(f"{n('device')} is where {n('budget_ms')} is measured: give a budget, or drop it")
+        return
+    if not (ms > 0 and math.isfinite(ms)):
+        raise EdgevitError(f"{n('budget_ms')} must be a positive number of milliseconds, got {ms}")
+    if config.device is None:
+        raise EdgevitError(f"{n('budget_ms')} needs {n('device')}: where to measure it (local, ssh:HOST, adb:SERIAL)")
+    if config.bits != "mixed" or config.budget_mb is not None:
+        raise EdgevitError(
+            f"{n('budget_ms')} plans mixed precision under one budget: use {n('bits')} mixed without {n('budget_mb')}"
+        )
+    from benchmarks.devices import DeviceError, open_device
+
+    try:
+        open_device(config.device)
+    except DeviceError as exc:
+        raise EdgevitError(f"{n('device')}: {exc}") from None
 
 
 def usable_targets(
@@ -103,6 +147,11 @@ def usable_targets(
             f"{names('bits')} mixed needs two weight widths every target holds, and {', '.join(usable)} share only "
             f"{shared} ({held}): quantize for one {names('targets')} at a time"
         )
+    if config.budget_ms is not None and len(usable) != 1:
+        raise EdgevitError(
+            f"{names('budget_ms')} is measured on one runtime, and {', '.join(usable)} are {len(usable)}: give one "
+            f"{names('targets')}"
+        )
     return usable, {t: f"holds {held_bits(t)}" for t in targets if t not in usable}
 
 
@@ -125,25 +174,87 @@ def plan_unit(unit: DeployUnit, config: QuantConfig, calib: list, data: PassData
         fake_quant, plan = recipe.qhyvit(
             unit.module, calib, int(config.bits), 8, iters=config.recon_iters, bars=data.bars
         )
-        _check_budget(plan, config)
+        _check_budget(plan, config, data.targets)
         plan.metadata.update({"bits": config.bits})
         _explain(data, plan)
         return dataclasses.replace(unit, module=strip_fake_quant(fake_quant)), plan
     prepared = recipe.prepare(config.method, unit.module, calib, recipe.smoothing_bits(config.bits), data.bars)
-    if config.bits == "mixed" and config.budget_mb is not None:  # check made the budget required
-        from quant.mixed_precision import explain
-
-        table = recipe.sensitivity(prepared, calib, weight_candidates(config, data.targets), data.bars)
-        plan = recipe.mixed_plan(prepared, table, config.budget_mb)
-        if data.explain is not None:
-            data.explain(explain(table, plan))
+    if config.bits == "mixed":  # check made a budget required
+        plan = _mixed(unit, prepared, config, calib, data)
     else:
+        grid = four_bit_grid(prepared, data.targets) if config.bits == "4" else None
         plan = recipe.uniform_plan(prepared, int(config.bits), 8)
-        _check_budget(plan, config)
+        if grid is not None:
+            plan.metadata["four_bit_grid"] = grid
+        _check_budget(plan, config, data.targets)
         _explain(data, plan)
     folded = [list(pair) for pair in prepared.bn_folded]
     plan.metadata.update({"method": config.method, "bits": config.bits, "bn_folded": folded})
     return dataclasses.replace(unit, module=prepared.module), plan
+
+
+# Where each target's group-wise 4-bit lowering lives: a target without one keeps per-channel 4-bit grids.
+GROUP_LOWERINGS = {
+    "onnx": "converters.targets.onnx.nbits",
+    "coreml": "converters.targets.coreml.quantized",
+    "executorch": "converters.targets.executorch.blockwise",
+}
+
+
+def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str]) -> str:
+    """The one place mixed plans choose their 4-bit grid: group-wise symmetric scales, MSE-searched (weighted by
+    each input column's E[x²]), for every Linear whose width divides into `GROUP_SIZE` groups, when every target
+    lowers group-wise weights; per-channel min-max otherwise. Returns which, for the plan's metadata."""
+    import importlib.util
+
+    if all(t in GROUP_LOWERINGS and importlib.util.find_spec(GROUP_LOWERINGS[t]) for t in targets):
+        prepared.stats.use_groups({4: GROUP_SIZE}, "mse")
+        return f"group-wise ({GROUP_SIZE} columns), MSE scales"
+    return "per-channel, min-max scales (a target here has no group-wise 4-bit lowering)"
+
+
+def _mixed(unit: DeployUnit, prepared: recipe.Prepared, config: QuantConfig, calib: list, data: PassData) -> QuantPlan:
+    """The mixed plan under the bytes budget (real per-target costs) or the latency measured on the device."""
+    from quant.mixed_precision import allocate, bytes_budget, explain
+
+    grid = four_bit_grid(prepared, data.targets)
+    table = recipe.sensitivity(prepared, calib, weight_candidates(config, data.targets), data.bars)
+    if config.budget_ms is not None:
+        from edgevit.compress.bitsearch import latency_plan
+
+        assert config.device is not None  # check made the device required
+        (target,) = data.targets
+        plan = latency_plan(unit, prepared.module, prepared.stats, table, config.budget_ms, target, config.device)
+    else:
+        assert config.budget_mb is not None
+        plan = allocate(prepared.stats, table, [bytes_budget(config.budget_mb, target_bytes(data.targets))])
+        plan.metadata["budget_mb"] = config.budget_mb
+    plan = plan.with_smoothing(prepared.smoothing)
+    plan.metadata["four_bit_grid"] = grid
+    if data.explain is not None:
+        data.explain(explain(table, plan))
+        if "latency" in plan.metadata:
+            lat = plan.metadata["latency"]
+            verdict = "within" if lat["measured_within_budget"] else "OVER"
+            data.explain(
+                f"latency on {lat['device']} ({lat['target']}): budget {lat['budget_ms']:.4g} ms, predicted "
+                f"{lat['predicted_ms']:.4g} ms, measured {lat['measured_ms']:.4g} ms ({verdict} budget)"
+            )
+    return plan
+
+
+def target_bytes(targets: Sequence[str]) -> Any:
+    """A layer's cost as the bytes the most expensive of `targets` stores for it (one plan feeds them all); None
+    where a target cannot hold its width."""
+    from converters.quantized import WEIGHT_BITS
+    from quant.cost import weight_bytes
+    from quant.plan import LayerQuant
+
+    def cost(layer: LayerQuant) -> float | None:
+        sizes = [weight_bytes(layer, t, WEIGHT_BITS[t]) for t in targets]
+        return None if any(s is None for s in sizes) else float(max(s for s in sizes if s is not None))
+
+    return cost
 
 
 def apply(units: Sequence[DeployUnit], config: QuantConfig, data: PassData) -> tuple[list[DeployUnit], PassRecord]:
@@ -161,13 +272,18 @@ def apply(units: Sequence[DeployUnit], config: QuantConfig, data: PassData) -> t
     return planned, PassRecord(QuantConfig.kind, info, plans)
 
 
-def _check_budget(plan: QuantPlan, config: QuantConfig) -> None:
-    if config.budget_mb is not None and plan.weight_bytes() > config.budget_mb * 1e6:
+def _check_budget(plan: QuantPlan, config: QuantConfig, targets: Sequence[str]) -> None:
+    """A uniform plan's budget is a ceiling on what the targets really store (as `--bits mixed` counts it)."""
+    if config.budget_mb is None:
+        return
+    cost = target_bytes(targets)
+    held = sum(cost(layer) or 0.0 for layer in plan.layers.values())
+    if held > config.budget_mb * 1e6:
         from quant.errors import QuantError
 
         raise QuantError(
-            f"the W{config.bits} plan holds {plan.weight_bytes() / 1e6:.3g} MB of quantized weights, over the "
-            f"{config.budget_mb:g} MB budget: lower --bits or use --bits mixed"
+            f"the W{config.bits} plan holds {held / 1e6:.3g} MB of quantized weights, over the {config.budget_mb:g} MB "
+            f"budget (as {', '.join(targets)} store them): lower --bits or use --bits mixed"
         )
 
 

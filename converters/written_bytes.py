@@ -1,0 +1,72 @@
+"""The weight bytes a written quantized artifact really holds, read back from the file: what a bytes budget is
+checked against after the fact (`quant.cost` predicts it before anything is written).
+
+Counted for every planned GEMM weight: its integer tensor (packed nibbles included) and the scales and zero
+points it is dequantized with; biases are not counted (as in `quant.cost`). Read from the ONNX graph (the
+initializers feeding DequantizeLinear, ConvInteger and its rescale, MatMulNBits) and from a Core ML package
+(its constexpr weight ops, each distinct constant once); None for a format not read here (an ExecuTorch
+program's XNNPACK blobs, a LiteRT flatbuffer), so nothing is claimed that was not measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_INT_TYPES = {3, 2, 22, 21}  # onnx TensorProto INT8, UINT8, INT4, UINT4
+
+
+def written_weight_bytes(target: str, path: Path, facts: dict[str, Any]) -> int | None:
+    """Bytes of the planned weights (integers, scales, zero points) in the artifact at `path`, or None; `facts`
+    is the lowering's `quant` record (Core ML's already holds the bytes it read back per storage kind)."""
+    if target == "onnx":
+        return _onnx(path)
+    if target == "coreml" and "weight_storage" in facts:
+        return int(sum(kind["bytes"] for kind in facts["weight_storage"].values()))
+    return None
+
+
+def _onnx(path: Path) -> int:
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_weight(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type in _INT_TYPES and len(t.dims) >= 2
+
+    counted: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and is_weight(node.input[0]):
+            counted.update(node.input[:3])
+        elif node.op_type == "MatMulNBits":
+            counted.update(node.input[1:4])  # packed B, scales, zero points (optional)
+        elif node.op_type in ("ConvInteger", "MatMulInteger") and is_weight(node.input[1]):
+            counted.update(node.input[1:4:2])  # the weight and its zero point
+            counted.update(_rescale(node, consumers, inits))
+    total = 0
+    for name in counted & set(inits):
+        t = inits[name]
+        bits = 4 if t.data_type in (TensorProto.INT4, TensorProto.UINT4) else 8 * numpy_helper.to_array(t).itemsize
+        total += int(np.ceil(int(np.prod(t.dims, dtype=np.int64)) * bits / 8))
+    return total
+
+
+def _rescale(node: Any, consumers: dict[str, list[Any]], inits: dict[str, Any]) -> list[str]:
+    """The per-channel scale an integer GEMM's int32 output is multiplied by (through its Cast)."""
+    found = []
+    for cast in consumers.get(node.output[0], []):
+        if cast.op_type != "Cast":
+            continue
+        for mul in consumers.get(cast.output[0], []):
+            if mul.op_type == "Mul":
+                found += [name for name in mul.input if name in inits]
+    return found
