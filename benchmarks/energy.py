@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,6 +98,36 @@ class CounterMeter:
         return total / 1e6
 
 
+class Sampling:
+    """Readings of one meter taken every `interval` seconds in a thread over a window, the first and the last on
+    the caller's thread, so even a window shorter than the interval has two; a reading that fails ends the
+    sampling and is raised when the window closes (one bad read must not be integrated as zero watts)."""
+
+    def __init__(self, read: Callable[[], Any], interval: float) -> None:
+        self.read, self.interval = read, interval
+        self.samples = [read()]
+        self._errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(self.read())
+            except MeterError as exc:
+                self._errors.append(exc)
+                return
+
+    def close(self) -> list[Any]:
+        self._stop.set()
+        self._thread.join()
+        if self._errors:
+            raise self._errors[0]
+        self.samples.append(self.read())
+        return self.samples
+
+
 @dataclass
 class PowerMeter:
     """hwmon power inputs (µW), sampled every `interval` seconds in a thread and integrated over the window."""
@@ -105,35 +135,15 @@ class PowerMeter:
     name: str
     paths: list[Path]
     interval: float = 0.01
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
-    def _watts(self) -> float:
-        return sum(read_int(p) for p in self.paths) / 1e6
+    def _sample(self) -> tuple[float, float]:
+        return time.perf_counter(), sum(read_int(p) for p in self.paths) / 1e6
 
-    def begin(self) -> tuple[threading.Thread, list[tuple[float, float]], list[BaseException]]:
-        samples = [(time.perf_counter(), self._watts())]
-        errors: list[BaseException] = []
-        self._stop.clear()
+    def begin(self) -> Sampling:
+        return Sampling(self._sample, self.interval)
 
-        def sample() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    samples.append((time.perf_counter(), self._watts()))
-                except MeterError as exc:
-                    errors.append(exc)
-                    return
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        return thread, samples, errors
-
-    def end(self, token: tuple[threading.Thread, list[tuple[float, float]], list[BaseException]]) -> float:
-        thread, samples, errors = token
-        self._stop.set()
-        thread.join()
-        if errors:
-            raise errors[0]
-        samples.append((time.perf_counter(), self._watts()))
+    def end(self, token: Sampling) -> float:
+        samples = token.close()
         return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:], strict=False))
 
 

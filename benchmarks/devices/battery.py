@@ -15,12 +15,11 @@ ms per call, so windows should be seconds long: the window and the sample count 
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.energy import MeterError
+from benchmarks.energy import MeterError, Sampling
 
 BATTERY = "/sys/class/power_supply/battery"
 NOT_DISCHARGING = (
@@ -93,7 +92,6 @@ class AdbBatteryMeter:
     interval: float = 0.1
     name: str = "Android battery (current_now x voltage_now over adb)"
     last_samples: list[BatterySample] = field(default_factory=list, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def read(self) -> BatterySample:
         start = time.perf_counter()
@@ -105,29 +103,11 @@ class AdbBatteryMeter:
             raise MeterError(f"cannot read {BATTERY} ({(done.stderr.strip() or done.stdout.strip())[:120]})")
         return parse_sample(done.stdout, (start + time.perf_counter()) / 2)
 
-    def begin(self) -> tuple[threading.Thread, list[BatterySample], list[BaseException]]:
-        samples, errors = [self.read()], []
-        self._stop.clear()
+    def begin(self) -> Sampling:
+        return Sampling(self.read, self.interval)
 
-        def sample() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    samples.append(self.read())
-                except MeterError as exc:
-                    errors.append(exc)
-                    return
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        return thread, samples, errors
-
-    def end(self, token: tuple[threading.Thread, list[BatterySample], list[BaseException]]) -> float:
-        thread, samples, errors = token
-        self._stop.set()
-        thread.join()
-        if errors:
-            raise errors[0]
-        samples.append(self.read())
+    def end(self, token: Sampling) -> float:
+        samples = token.close()
         self.last_samples = samples
         return integrate(samples)
 

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.cli import backend_output_to, suite_console
+from benchmarks.cli import artifact_dir, backend_output_to, suite_console
 from benchmarks.machine import DEFAULT_DISTRIBUTIONS, describe_machine
 from benchmarks.report import print_tables, write_report
 from benchmarks.suites.quant.deploy import deploy_jobs
@@ -66,20 +65,6 @@ def run_subject(
     return result
 
 
-@contextlib.contextmanager
-def artifact_dir(keep: Path | None):
-    """Where artifacts go: the kept folder, or a temporary one removed afterwards."""
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="edgevit-quant-"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Every requested model and section, as plain data keyed by model name."""
     log = None if args.show_backend_output else Path(tempfile.gettempdir()) / f"edgevit-quant-{os.getpid()}.log"
@@ -89,7 +74,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     limits = (args.calib_images, args.eval_images)
     models: dict[str, Any] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with artifact_dir(args.artifacts) as art_root:
+    with artifact_dir(args.artifacts, "edgevit-quant-") as art_root:
         with Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False) as progress:
             for name in args.models:
                 task = progress.add_task(f"{name}: loading", total=None)

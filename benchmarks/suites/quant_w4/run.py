@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.cli import backend_output_to, comma_list, suite_console
+from benchmarks.cli import artifact_dir, backend_output_to, comma_list, suite_console
 from benchmarks.machine import DEFAULT_DISTRIBUTIONS, describe_machine, load_average
 from benchmarks.report import publish
 from benchmarks.suites.quant_w4.measure import MODEL, measure
@@ -56,19 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def artifact_dir(keep: Path | None):
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="edgevit-quant-w4-"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = suite_console(200)
@@ -78,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"backend output goes to {log}", style="dim")
     load_before, started = load_average(), time.perf_counter()
     set_threads(args.work_threads)
-    with artifact_dir(args.artifacts) as directory, backend_output_to(log), contextlib.redirect_stdout(sys.stderr):
+    artifacts = artifact_dir(args.artifacts, "edgevit-quant-w4-")
+    with artifacts as directory, backend_output_to(log), contextlib.redirect_stdout(sys.stderr):
         subject, run, timings = measure(args, directory)
     summary = goal_lines(run.rows) + [
         f"Timing: {args.rounds} interleaved rounds after {args.warmup} warm-up rounds, {args.threads} thread(s) for "
