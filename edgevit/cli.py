@@ -60,6 +60,9 @@ def track_cmd(
     profile: Annotated[
         bool, typer.Option(help="Time each unit and the loop per frame; print the table (and put it in --json).")
     ] = False,
+    bf16: Annotated[
+        bool, typer.Option(help="Eager only: run encoder, memory attention and memory encoder in bfloat16 autocast.")
+    ] = False,
 ) -> None:
     """Track one object through a video from a first-frame prompt; write masks and an overlay video.
 
@@ -82,6 +85,7 @@ def track_cmd(
         force,
         as_json,
         profile,
+        bf16,
     )
 
 

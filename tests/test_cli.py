@@ -55,6 +55,7 @@ def test_help_has_an_example(monkeypatch, capsys, command):
         (["track", "sample:bikes", "--point", "1,1", "--model", "nope"], "unknown model 'nope'"),
         (["track", "sample:bikes", "--point", "1,1", "--variant", "xl"], "valid variants: ti, s, ti_512, s_512"),
         (["track", "sample:bikes"], "no prompt"),
+        (["track", "sample:bikes", "--point", "1,1", "--bundle", ".", "--bf16"], "drop --bf16 or --bundle"),
         (["track", "{garbage}", "--point", "1,1"], "cannot read video"),
         (["convert", "--model", "vit", "--target", "tensorrt"], "valid targets: onnx, executorch, tflite, coreml"),
         (["convert", "--model", "vit", "--precision", "int3"], "unknown precision 'int3'"),

@@ -53,6 +53,7 @@ def track(
     force: bool,
     as_json: bool,
     profile: bool = False,
+    bf16: bool = False,
 ) -> None:
     from rich.console import Console
 
@@ -74,7 +75,7 @@ def track(
         labels=tuple([1] * len(points) + [0] * len(neg_points)),
         box=parse_xy(box, "--box", 4) if box else None,
     )
-    tracker, source = make_tracker(model_name, variant, checkpoint, bundle, target)
+    tracker, source = make_tracker(model_name, variant, checkpoint, bundle, target, bf16)
     prompt.validate(width, height, tracker.cfg.max_points)
     if source["weights"] == "random":
         console.print("[bold red]WARNING: no --checkpoint given: the weights are RANDOM, the masks mean nothing.[/]")

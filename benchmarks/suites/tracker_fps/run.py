@@ -47,8 +47,6 @@ EXAMPLE = (
     "s_512_1,s_512_2,ti,ti_1 --int8 all --official --bf16 --frames 5 --frames-1024 3 --threads 2 --ort-settings "
     "--out benchmarks/results/"
 )
-# The conv/matmul-heavy units; the decoder (~3 % of a frame) ran slower under autocast in a probe (casts dominate).
-BF16_UNITS = ("image_encoder", "memory_attention", "memory_encoder")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--onnx", default="all", help="variants that get an ONNX fp32 bundle (default all)")
     parser.add_argument("--int8", default="", help="variants that also get an ONNX int8 bundle, or 'all' (slow)")
     parser.add_argument("--official", action="store_true", help="add the official predictor's eager tracker")
-    parser.add_argument("--bf16", action="store_true", help=f"add eager with bfloat16 autocast on {BF16_UNITS}")
+    parser.add_argument("--bf16", action="store_true", help="add eager in bfloat16 autocast (encoder, memory units)")
     parser.add_argument("--clip", default="bigbuckbunny", help="packaged clip timed and compared (not bikes)")
     parser.add_argument("--frames", type=int, default=5, help="frames per pass, the prompted one included")
     parser.add_argument("--frames-1024", type=int, default=3, help="frames per pass for 1024 px variants")
@@ -218,7 +216,7 @@ def agreement(reference: list, got: list) -> dict[str, float]:
 
 
 def run_variant(variant: str, args: argparse.Namespace, clip: tuple, work: Path, console: Console) -> dict:
-    from edgevit.video.assemble import bundle_tracker, eager_tracker
+    from edgevit.video.assemble import BF16_UNITS, bundle_tracker, eager_tracker
 
     folder, all_frames, prompt = clip
     model = build(variant, args.object_bias)
