@@ -16,6 +16,7 @@ The floors (`MIN_SQNR_DB`), and why:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,19 @@ def max_abs_diff(ref: np.ndarray, test: np.ndarray) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
+def run_artifact(runner: Runner, unit: DeployUnit, arrays: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """The runner's outputs, or one line naming the unit and target when the written file fails in its runtime
+    (a program that loads but cannot execute, e.g. XNNPACK rejecting a shape): never a runtime's traceback."""
+    try:
+        return runner.run(*arrays)
+    except Exception as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:200]
+        raise ConversionError(
+            f"unit {unit.name!r} on {runner.target}: the written artifact fails in its runtime ({reason}); "
+            "nothing was kept — try another --target or precision"
+        ) from exc
+
+
 def check_parity(
     unit: DeployUnit,
     runner: Runner,
@@ -65,7 +79,7 @@ def check_parity(
     """
     inputs = unit.example_inputs if inputs is None else tuple(inputs)
     ref = unit.run_eager(*inputs)
-    got = runner.run(*(x.detach().cpu().numpy() for x in inputs))
+    got = run_artifact(runner, unit, (x.detach().cpu().numpy() for x in inputs))
     where = f"unit {unit.name!r} on {runner.target}"
     if len(got) != len(ref):
         raise ConversionError(f"{where}: artifact returns {len(got)} outputs, eager returns {len(ref)}")

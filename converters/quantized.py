@@ -28,7 +28,7 @@ from torch import nn
 from converters.artifact import Artifact, OutputParity, TargetResult
 from converters.base import check_unit, lowering_error, stage_artifact
 from converters.errors import ConversionError, RuntimeUnavailableError
-from converters.parity import max_abs_diff, sqnr_db
+from converters.parity import max_abs_diff, run_artifact, sqnr_db
 from converters.runtime import load_runner
 from converters.targets.registry import TARGET_INFO, TARGETS, held_bits, target_info
 from converters.unit import DeployUnit
@@ -167,7 +167,7 @@ def _parity(
         raise ConversionError(f"{target} artifact of unit {unit.name!r} does not load: {exc}") from exc
 
     batches = [tuple(b) for b in inputs] if inputs is not None else [unit.example_inputs]
-    got = [runner.run(*(x.detach().numpy() for x in b)) for b in batches]
+    got = [run_artifact(runner, unit, (x.detach().numpy() for x in b)) for b in batches]
     models = {"reference": reference, "fake_quant": apply_plan(unit.module, plan), "fp32": unit.module}
     figures: dict[str, dict[str, OutputParity]] = {}
     for kind, model in models.items():

@@ -171,3 +171,14 @@ def test_pt2e_graph_converts_and_a_train_mode_export_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="training mode"):
         convert(DeployUnit("trains", exported, (x,), ("image",), ("logits",)), "onnx", None, tmp_path / "no")
     assert not (tmp_path / "no").exists() or list((tmp_path / "no").iterdir()) == []
+
+
+def test_an_artifact_that_fails_in_its_runtime_is_one_error_and_leaves_nothing(tmp_path) -> None:
+    """The ONNX file is exported for batch 1; a batch of 2 runs eagerly but onnxruntime rejects it when run."""
+    from converters import convert
+
+    unit = DeployUnit("lin", nn.Linear(8, 4).eval(), (torch.randn(1, 8),), ("x",), ("y",))
+    failed_to_run = r"'lin' on onnx: the written artifact fails in its runtime .*expects \(1, 8\)"
+    with pytest.raises(ConversionError, match=failed_to_run):
+        convert(unit, "onnx", out_dir=tmp_path, parity_inputs=(torch.randn(2, 8),))
+    assert list(tmp_path.iterdir()) == []
