@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edgevit.errors import EdgevitError
 from edgevit.video.tracker import UNIT_NAMES, FrameResult, Prompt, Tracker
@@ -78,13 +79,19 @@ def track(tracker: Tracker, frames: list[np.ndarray], prompt: Prompt) -> list[Fr
 
 
 def agreement(reference: list[FrameResult], got: list[FrameResult]) -> dict[str, Any]:
-    """Mean/min mask IoU and mean logit SQNR against the reference; no IoU when the reference saw nothing."""
+    """Mean/min mask IoU and the logit SQNR against the reference; no IoU when the reference saw nothing.
+
+    The SQNR pools signal and noise over the frames whose logits differ: a per-frame mean would be infinite as
+    soon as one frame agrees bit for bit, and a "no object" frame (the constant -1024 on both sides) would swamp
+    a pooled signal; every frame identical gives inf, which is then the truth."""
     from edgevit.video.assemble import mask_iou
     from quant.metrics import sqnr
 
     area = float(np.mean([r.mask.mean() for r in reference]))
-    sqnrs = [float(sqnr(r.mask_logits, g.mask_logits)) for r, g in zip(reference, got, strict=True)]
-    figures: dict[str, Any] = {"reference_area": area, "logit_sqnr_db": float(np.mean(sqnrs))}
+    differ = [(r.mask_logits, g.mask_logits) for r, g in zip(reference, got, strict=True)]
+    differ = [(r, g) for r, g in differ if not torch.equal(r, g)] or differ[:1]
+    pooled = sqnr(torch.cat([r.ravel() for r, _ in differ]), torch.cat([g.ravel() for _, g in differ]))
+    figures: dict[str, Any] = {"reference_area": area, "logit_sqnr_db": float(pooled)}
     if not any(r.mask.any() for r in reference):
         why = "vacuous: the reference tracker saw no object on any frame (random weights say 'no object')"
         return {**figures, "iou_mean": None, "iou_min": None, "note": why}

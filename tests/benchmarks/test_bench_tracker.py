@@ -6,6 +6,7 @@ the artifacts' arithmetic."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,18 @@ def test_a_checkpoint_that_is_not_the_bundles_is_one_line(tracker_bundle, tmp_pa
                        "--out", str(out))  # fmt: skip
     assert code == 2 and len(err.splitlines()) == 1 and "not the checkpoint this bundle was converted from" in err, err
     assert not out.exists()
+
+
+def test_logit_sqnr_leaves_out_frames_that_agree_bit_for_bit() -> None:
+    """A "no object" frame is -1024 on both sides: it must neither make the figure infinite nor swamp it."""
+    from edgevit.video.fidelity import agreement
+    from edgevit.video.tracker import FrameResult
+
+    empty = torch.full((8, 8), -1024.0)
+    seen = torch.linspace(-1.0, 1.0, 64).reshape(8, 8)
+    noisy = seen + 0.01
+    reference = [FrameResult(0, empty, -5.0), FrameResult(1, seen, 5.0)]
+    got = [FrameResult(0, empty.clone(), -5.0), FrameResult(1, noisy, 5.0)]
+    figures = agreement(reference, got)
+    expected = 10 * math.log10(float(seen.pow(2).sum()) / float((noisy - seen).pow(2).sum()))
+    assert figures["logit_sqnr_db"] == pytest.approx(expected, abs=1e-6) and figures["iou_mean"] == 1.0
