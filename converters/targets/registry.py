@@ -53,6 +53,10 @@ class TargetInfo:
     # of what needs it, for the reason given elsewhere.
     runs_on: tuple[str, ...] = ()
     runtime: str = ""
+    # 4-bit Linear weights lowered group-wise (blocks of columns, each its own scale) for any model, so plans
+    # for this target may use group-wise grids. LiteRT has a blockwise path but refuses models whose converter
+    # folds a LayerNorm into the next weight (converters/targets/tflite/blockwise.py), so plans keep per-channel.
+    group_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.default_precision not in self.precisions:
@@ -78,11 +82,11 @@ class TargetInfo:
 _ALL = (
     TargetInfo(
         "onnx", "converters.targets.onnx", ".onnx", ("fp32",), "fp32", (4, 8), "static",
-        ("onnx", "onnxruntime", "onnxscript"), "executorch",
+        ("onnx", "onnxruntime", "onnxscript"), "executorch", group_weights=True,
     ),
     TargetInfo(
         "executorch", "converters.targets.executorch", ".pte", ("fp32", "fp16"), "fp32", (4, 8), "dynamic",
-        ("executorch",), "onnx",
+        ("executorch",), "onnx", group_weights=True,
     ),
     TargetInfo(
         "tflite", "converters.targets.tflite", ".tflite", ("fp32", "fp16"), "fp32", (4, 8), "dynamic",
@@ -91,6 +95,7 @@ _ALL = (
     TargetInfo(
         "coreml", "converters.targets.coreml", ".mlpackage", ("fp16", "fp32"), "fp16", (4, 6, 8), "static",
         ("coremltools",), "executorch", names_int8=False, runs_on=("Darwin",), runtime="Core ML prediction",
+        group_weights=True,
     ),
 )  # fmt: skip
 

@@ -194,20 +194,14 @@ def plan_unit(unit: DeployUnit, config: QuantConfig, calib: list, data: PassData
 
 
 # Where each target's group-wise 4-bit lowering lives: a target without one keeps per-channel 4-bit grids.
-GROUP_LOWERINGS = {
-    "onnx": "converters.targets.onnx.nbits",
-    "coreml": "converters.targets.coreml.quantized",
-    "executorch": "converters.targets.executorch.blockwise",
-}
-
-
 def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str]) -> str:
     """The one place mixed plans choose their 4-bit grid: group-wise symmetric scales, MSE-searched (weighted by
     each input column's E[x²]), for every Linear whose width divides into `GROUP_SIZE` groups, when every target
-    lowers group-wise weights; per-channel min-max otherwise. Returns which, for the plan's metadata."""
-    import importlib.util
+    lowers group-wise weights (the registry's `group_weights`); per-channel min-max otherwise. Returns which, for
+    the plan's metadata."""
+    from converters.targets.registry import target_info
 
-    if all(t in GROUP_LOWERINGS and importlib.util.find_spec(GROUP_LOWERINGS[t]) for t in targets):
+    if all(target_info(t).group_weights for t in targets):
         prepared.stats.use_groups({4: GROUP_SIZE}, "mse")
         return f"group-wise ({GROUP_SIZE} columns), MSE scales"
     return "per-channel, min-max scales (a target here has no group-wise 4-bit lowering)"
