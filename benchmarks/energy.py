@@ -294,16 +294,21 @@ def joules_per_inference(
     }
 
 
+def idle_window(meter: Meter, seconds: float) -> tuple[float, float]:
+    """(joules, seconds) the meter counts while nothing runs: the baseline every figure subtracts."""
+    token = meter.begin()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    return meter.end(token), time.perf_counter() - start
+
+
 def measure_energy(
     meter: Meter, run_once: Callable[[], Any], *, idle_seconds: float = 1.0, window_seconds: float = 2.0
 ) -> dict[str, Any]:
     """Idle window of `idle_seconds`, then `run_once` back to back for at least `window_seconds`; see the module
     docstring. A meter that fails mid-run gives "not measured" with the reason, never a partial figure."""
     try:
-        token = meter.begin()
-        start = time.perf_counter()
-        time.sleep(idle_seconds)
-        idle_joules, idle_elapsed = meter.end(token), time.perf_counter() - start
+        idle_joules, idle_elapsed = idle_window(meter, idle_seconds)
         token = meter.begin()
         start, count = time.perf_counter(), 0
         while time.perf_counter() - start < window_seconds or count == 0:

@@ -116,13 +116,10 @@ def measure_tool_energy(meter: AdbBatteryMeter, run_tool: Any, inferences: int, 
     """Idle window, then the tool's whole run as the active window: joules per inference with the idle power
     subtracted (the window includes the tool's model load and warm-up, so the figure is an upper bound; said
     in `window`). "not measured" with the reason when the meter fails; the tool's result is returned either way."""
-    from benchmarks.energy import joules_per_inference
+    from benchmarks.energy import idle_window, joules_per_inference
 
     try:
-        token = meter.begin()
-        start = time.perf_counter()
-        time.sleep(idle_seconds)
-        idle_joules, idle_elapsed = meter.end(token), time.perf_counter() - start
+        idle_joules, idle_elapsed = idle_window(meter, idle_seconds)
         token = meter.begin()
     except MeterError as exc:
         return {"energy": {"measured": False, "reason": f"not measured: {exc}"}, "result": run_tool()}
