@@ -118,7 +118,7 @@ def stage_artifact(
         outputs=result["outputs"],
         size_bytes=size,
         sha256=digest,
-        versions=_versions(backends),
+        versions=backend_versions(backends),
         conversion_seconds=seconds,
         parity=figures,
         parity_note=note,
@@ -285,7 +285,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _versions(backends: tuple[str, ...]) -> dict[str, str]:
+def backend_versions(backends: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of torch and `backends` ("not installed" for a missing one), as artifacts record them."""
     out = {}
     for dist in ("torch", *backends):
         try:

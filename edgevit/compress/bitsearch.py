@@ -26,13 +26,15 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from converters.base import backend_versions
+from converters.targets.registry import target_info
 from converters.unit import DeployUnit
+from edgevit.compress.latency import read_timings, write_timings
 from edgevit.errors import EdgevitError
 from quant.fake_quant import CalibrationStats
 from quant.metrics import SensitivityTable
@@ -144,7 +146,7 @@ class MeasuredCost:
             "host": platform.node() if self.device == "local" else None,
             "machine": [platform.machine(), os.cpu_count()] if self.device == "local" else None,
             "target": self.target,
-            "versions": _versions(self.target),
+            "versions": backend_versions(target_info(self.target).backends),
             "threads": THREADS,
             "runs": RUNS,
             "probe": probe,
@@ -153,7 +155,7 @@ class MeasuredCost:
 
     def _measure(self, top: QuantPlan) -> dict[str, float]:
         """Median ms of every probe (cached ones read back), the idle probe and the whole unit at `top`."""
-        table = json.loads(self.cache.read_text()) if self.cache.is_file() else {}
+        table = read_timings(self.cache)
         ms = {k: table[self._cache_key(k)] for k in (*self.probes, _IDLE) if self._cache_key(k) in table}
         units: list[tuple[DeployUnit, QuantPlan | None]] = []
         names: dict[str, str] = {}
@@ -174,24 +176,8 @@ class MeasuredCost:
         measured = bench_units(units, self.target, self.device)
         for unit_name, value in measured.items():
             ms[names[unit_name]] = value
-        table.update({self._cache_key(k): v for k, v in ms.items() if k != "unit"})
-        self.cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache.with_name(f".{self.cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, self.cache)
+        write_timings(self.cache, {**table, **{self._cache_key(k): v for k, v in ms.items() if k != "unit"}})
         return ms
-
-
-def _versions(target: str) -> dict[str, str]:
-    from converters.targets.registry import target_info
-
-    found = {}
-    for dist in (*target_info(target).backends, "torch"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "missing"
-    return found
 
 
 def bench_units(units: Sequence[tuple[DeployUnit, QuantPlan | None]], target: str, device: str) -> dict[str, float]:

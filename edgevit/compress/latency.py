@@ -34,16 +34,25 @@ def unit_ms(unit: DeployUnit, cache: Path | None = None) -> float:
     """Median ONNX Runtime latency of `unit` in ms, from `cache` when this shape was timed here before."""
     cache = cache or default_cache()
     key = _key(unit)
-    table = json.loads(cache.read_text()) if cache.is_file() else {}
+    table = read_timings(cache)
     if key in table:
         return float(table[key])
     ms = _time_onnx(unit)
-    table[key] = ms
+    write_timings(cache, {**table, key: ms})
+    return ms
+
+
+def read_timings(cache: Path) -> dict[str, float]:
+    """A timings cache (key → ms); empty when there is none yet."""
+    return json.loads(cache.read_text()) if cache.is_file() else {}
+
+
+def write_timings(cache: Path, table: dict[str, float]) -> None:
+    """Replace the cache file atomically, so a concurrent reader never sees half a table."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     os.replace(tmp, cache)
-    return ms
 
 
 def _key(unit: DeployUnit) -> str:
