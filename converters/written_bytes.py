@@ -30,7 +30,8 @@ def written_weight_bytes(target: str, path: Path, facts: dict[str, Any]) -> int 
 
 def _onnx(path: Path) -> int:
     import onnx
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
@@ -55,7 +56,8 @@ def _onnx(path: Path) -> int:
     total = 0
     for name in counted & set(inits):
         t = inits[name]
-        bits = 4 if t.data_type in (TensorProto.INT4, TensorProto.UINT4) else 8 * numpy_helper.to_array(t).itemsize
+        nibbles = t.data_type in (TensorProto.INT4, TensorProto.UINT4)
+        bits = 4 if nibbles else 8 * tensor_dtype_to_np_dtype(t.data_type).itemsize  # dtype only, no decoding
         total += int(np.ceil(int(np.prod(t.dims, dtype=np.int64)) * bits / 8))
     return total
 
