@@ -126,6 +126,11 @@ class LayerQuant:
     smoothing: Smoothing | None = None
 
     @property
+    def grouped(self) -> bool:
+        """Whether the weight is quantized per group (blocks of input columns): the targets' 4-bit block paths."""
+        return self.weight is not None and self.weight.granularity == "per_group"
+
+    @property
     def weight_bits(self) -> int | None:
         return self.weight.bits if self.weight is not None else None
 
@@ -169,6 +174,10 @@ class QuantPlan:
                 layer = layers[name]
                 layers[name] = replace(layer, smoothing=record, method=f"sq-b+{layer.method}")
         return replace(self, layers=layers)
+
+    def grouped_layers(self) -> list[str]:
+        """Names of the layers whose weights are quantized per group, in plan order."""
+        return [name for name, layer in self.layers.items() if layer.grouped]
 
     def weight_bytes(self) -> int:
         return sum(layer.weight_bytes for layer in self.layers.values())

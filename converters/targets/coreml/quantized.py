@@ -206,7 +206,7 @@ def _planned_scale(q: Any, shape: tuple[int, ...], axis: int) -> np.ndarray:
 
 def _grouped(plan: QuantPlan) -> list[str]:
     """The plan's layers with per-group weights (Linear only)."""
-    grouped = [n for n, lq in plan.layers.items() if lq.weight is not None and lq.weight.granularity == "per_group"]
+    grouped = plan.grouped_layers()
     for name in grouped:
         if plan.layers[name].kind != "linear":
             raise ConversionError(f"coreml: per-group weights are lowered for Linear layers only, not {name!r}")

@@ -30,14 +30,9 @@ from converters.quant_lowering import DYNAMIC_REFERENCE, gemm_plan, quant_facts,
 from converters.targets.executorch.facts import xnnpack_gemm_dtypes, xnnpack_graphs
 from converters.targets.executorch.lower import convert as lower_fp
 from converters.unit import DeployUnit
-from quant.plan import LayerQuant, QuantPlan
+from quant.plan import QuantPlan
 
 XNNPACK_GROUP_MULTIPLE = 32  # XNNPACK's blockwise GEMM refuses other group sizes (node_visitor's check)
-
-
-def is_blockwise(layer: LayerQuant) -> bool:
-    """A layer whose weight the plan quantizes per group (any kind, any bits: `blockwise_layers` checks them)."""
-    return layer.weight is not None and layer.weight.granularity == "per_group"
 
 
 def blockwise_layers(plan: QuantPlan) -> list[str]:
@@ -46,7 +41,7 @@ def blockwise_layers(plan: QuantPlan) -> list[str]:
     ConversionError (naming the layer and the fix) for a per-group conv or matmul, a width other than 4 bits,
     an asymmetric group, or a group size XNNPACK refuses.
     """
-    names = [name for name, lq in plan.layers.items() if is_blockwise(lq)]
+    names = plan.grouped_layers()
     for name in names:
         lq = plan.layers[name]
         q = lq.weight

@@ -56,9 +56,8 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
 
 def check_plan(plan: QuantPlan) -> None:
     """Refuse, before any export, a per-group layer MatMulNBits cannot hold (block size or grid)."""
-    for layer in plan.layers.values():
-        if layer.weight is not None and layer.weight.granularity == "per_group":
-            _check_block(layer)
+    for name in plan.grouped_layers():
+        _check_block(plan.layers[name])
 
 
 def _check_block(layer: LayerQuant) -> int:

@@ -44,7 +44,7 @@ REFERENCE = "the plan's dequantized weights in the float model (LiteRT quantizes
 def blockwise_layers(plan: QuantPlan) -> list[str]:
     """The plan's per-group layers; ConversionError unless each is a 4-bit [-8, 7] Linear with one block size
     LiteRT takes (and one size for the whole plan)."""
-    names = [n for n, lq in plan.layers.items() if lq.weight is not None and lq.weight.granularity == "per_group"]
+    names = plan.grouped_layers()
     sizes = {plan.layers[n].weight.group_size for n in names}  # type: ignore[union-attr]
     for name in names:
         lq = plan.layers[name]
