@@ -1,4 +1,5 @@
-"""What the suites' command lines share: comma-separated flags, and a console that backends cannot shred.
+"""What the suites' command lines share: the parser with `--out`/`--name` (and `--threads`), the last step that
+publishes the results there, comma-separated flags, and a console that backends cannot shred.
 
 Converters and runtimes print progress bars, deprecation warnings and, from C++, cpuinfo complaints straight
 to file descriptors 1 and 2. A suite keeps its console on its own duplicate of the original stdout and sends
@@ -7,15 +8,62 @@ the descriptors to a log while a backend works (`backend_output_to`), so the pro
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+
+from benchmarks.machine import load_average
+from benchmarks.report import publish
+
+RESULTS = Path("benchmarks/results")
+
+
+def suite_parser(
+    prog: str, description: str, *, name: str, threads: int | None = None, example: str = "", epilog: str = ""
+) -> argparse.ArgumentParser:
+    """A suite's parser holding what every suite takes: `--out` and `--name` (the results files NAME.json and
+    NAME.md under OUT, written by `publish_results`) and, given a default `threads`, `--threads`; the suite adds
+    its own flags. `example` (a command line) and `epilog` are shown after the flags, as written."""
+    example = f"example:\n  {example}" if example else ""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="\n\n".join(part for part in (example, epilog) if part) or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"where results go (default {RESULTS})")
+    parser.add_argument("--name", default=name, help=f"results file stem (default {name})")
+    if threads is not None:
+        help_ = f"threads for torch and every runtime (default {threads})"
+        parser.add_argument("--threads", type=int, default=threads, help=help_)
+    return parser
+
+
+def publish_results(
+    args: argparse.Namespace, *, data: dict[str, Any] | None = None, **report: Any
+) -> tuple[Path, Path]:
+    """What every suite does last: `benchmarks.report.publish` (`report`: its title, machine, tables, summary,
+    console) to `--out`/`--name`, with the command line it ran (`data["args"]`) beside the figures, so a results
+    file says how to make it again."""
+    return publish(args.out, args.name, data={"args": vars(args), **(data or {})}, **report)
+
+
+def run_conditions(threads: Any, load_before: Sequence[float], started: float) -> str:
+    """The summary line saying what the figures were measured under: threads, OpenMP's wait policy (spinning
+    threads on shared cores slow eager PyTorch many times over), the load at start and end, the run's length."""
+    return (
+        f"Threads: {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load "
+        f"{list(load_before)} → {load_average()}; whole run {time.perf_counter() - started:.0f} s."
+    )
 
 
 def comma_list(text: str) -> list[str]:

@@ -138,12 +138,14 @@ def convert_quantized(
 
 def _weight_bytes(quant: dict[str, Any], plan: QuantPlan, target: str, path: Path) -> None:
     """Planned weight bytes (`quant.cost`, what a bytes budget was held to) beside those read back from the
-    written file (None where the format is not read: see `converters.written_bytes`)."""
-    from converters.written_bytes import written_weight_bytes
+    written file by the target's `facts` part (None where the format is not read: `TargetInfo.reads_weight_bytes`)."""
     from quant.cost import plan_bytes
 
+    info = target_info(target)
     quant["weight_bytes_planned"] = plan_bytes(plan, target)
-    quant["weight_bytes_written"] = written_weight_bytes(target, path, quant)
+    quant["weight_bytes_written"] = (
+        info.part("facts").written_weight_bytes(path, quant) if info.reads_weight_bytes else None
+    )
 
 
 def _parity(

@@ -15,7 +15,6 @@ checkpoint needs that checkpoint; the loop, the units and the kernels measured a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -26,8 +25,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, publish
+from benchmarks.cli import publish_results, run_conditions, suite_parser
+from benchmarks.machine import describe_machine
+from benchmarks.report import Table
 from benchmarks.timing import Stats, set_threads
 
 EXAMPLE = (
@@ -37,23 +37,21 @@ EXAMPLE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.quant_tracker",
-        description="Quantize every EfficientTAM unit (edgevit's PTQ, calibrated while tracking one clip), then "
-        "track another clip with the int8 and the fp32 artifacts and compare masks and time per frame with "
-        "the eager fp32 tracker; writes NAME.json and NAME.md under --out.",
-        epilog=f"example:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = suite_parser(
+        "python -m benchmarks.suites.quant_tracker",
+        "Quantize every EfficientTAM unit (edgevit's PTQ, calibrated while tracking one clip), then track another "
+        "clip with the int8 and the fp32 artifacts and compare masks and time per frame with the eager fp32 "
+        "tracker; writes NAME.json and NAME.md under --out.",
+        name="quant_tracker",
+        threads=1,
+        example=EXAMPLE,
     )
     parser.add_argument("--models", default="efficienttam_ti_512", help="comma-separated EfficientTAM variants")
     parser.add_argument("--targets", default="onnx,tflite,executorch", help="comma-separated runnable targets")
     parser.add_argument("--method", default="ptq", help="ptq or mptq (default ptq)")
     parser.add_argument("--frames", type=int, default=12, help="frames of the evaluation clip (default 12)")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the clip per tracker (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for torch and every runtime (default 1)")
     parser.add_argument("--object-bias", type=float, default=20.0, help="object-score bias of the random model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="quant_tracker", help="results file stem (default quant_tracker)")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.targets = [t for t in args.targets.split(",") if t]
@@ -179,17 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         "(no EfficientTAM checkpoint ships in any package); reference mask area per frame is in the JSON.",
         f"Quantization: edgevit {args.method} W8A8 plan per unit; onnx runs it as static QDQ, executorch and "
         "tflite as the plan's int8 weights with dynamic int8 activations (converters/quantized.py).",
-        f"Threads: {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load "
-        f"{machine['load_average']} → {load_average()}; whole run {time.perf_counter() - started:.0f} s.",
+        run_conditions(threads, machine["load_average"], started),
     ]
-    publish(
-        args.out,
-        args.name,
+    publish_results(
+        args,
         title="Int8 EfficientTAM tracker vs fp32",
         machine=machine,
         tables=tables,
         summary=summary,
-        data={"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": results},
+        data={"models": results},
         console=console,
     )
     return 0

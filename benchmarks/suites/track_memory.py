@@ -25,8 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from benchmarks.cli import publish_results, suite_parser
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table
 
 EXAMPLE = (
     "OMP_WAIT_POLICY=PASSIVE python -m benchmarks.suites.track_memory --short-seconds 10 --long-seconds 600 "
@@ -36,12 +37,12 @@ LIMIT = 1.5  # the long run's peak over the short run's may not exceed this
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.track_memory",
-        description="Track a short and a long opencv-made video (same content) through a small EfficientTAM "
-        "bundle, each in its own process, and compare the processes' peak RSS; writes NAME.json and NAME.md.",
-        epilog=f"example:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = suite_parser(
+        "python -m benchmarks.suites.track_memory",
+        "Track a short and a long opencv-made video (same content) through a small EfficientTAM bundle, each in "
+        "its own process, and compare the processes' peak RSS; writes NAME.json and NAME.md.",
+        name="track_memory",
+        example=EXAMPLE,
     )
     parser.add_argument("--short-seconds", type=float, default=10.0, help="length of the short video (default 10)")
     parser.add_argument("--long-seconds", type=float, default=600.0, help="length of the long video (default 600)")
@@ -50,8 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128, help="EfficientTAM input size of the bundle")
     parser.add_argument("--bundle", type=Path, default=None, help="an existing bundle (default: convert one)")
     parser.add_argument("--workdir", type=Path, default=None, help="where videos and outputs go (default: temp)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="track_memory", help="results file stem (default track_memory)")
     args = parser.parse_args(argv)
     args.width, args.height = (int(v) for v in args.size.lower().split("x"))
     return args
@@ -162,12 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{runs['long']['frames'] * frame_mib:.0f} MiB on the long video ({frame_mib:.2f} MiB a frame)",
         "each run is a fresh process; peak RSS is ru_maxrss from os.wait4",
     ]
-    print_tables([table])
     summary = [f"long/short peak RSS {ratio:.3f}x ({verdict} {LIMIT}x)"]
-    data = {"runs": runs, "ratio": ratio, "limit": LIMIT, "bundle_image_size": args.image_size, "args": vars(args)}
-    write_report(
-        args.out, args.name, title="edgevit track memory", machine=machine, tables=[table], summary=summary, data=data
-    )
+    data = {"runs": runs, "ratio": ratio, "limit": LIMIT, "bundle_image_size": args.image_size}
+    publish_results(args, title="edgevit track memory", machine=machine, tables=[table], summary=summary, data=data)
     return 0 if ratio <= LIMIT else 1
 
 

@@ -7,7 +7,9 @@ them (so `import converters` imports no backend):
 - `lower`: `convert(unit, precision, path) -> TargetResult` (fp lowering, written to `path`, read back);
 - `runner`: `load_runner(path, num_threads) -> Runner`;
 - `quantized`: `lowering(plan, options) -> Lowering`, where a `Lowering` writes the plan's integer artifact
-  and returns it with its torch reference (see `converters.quantized`).
+  and returns it with its torch reference (see `converters.quantized`);
+- `facts`: what a written artifact really holds, read back from the file — where `reads_weight_bytes` says so,
+  `written_weight_bytes(path, quant) -> int | None` (the planned weights' bytes: integers, scales, zero points).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class TargetInfo:
     """One target: its files, its precisions, the integer widths its quantized artifacts hold, its runtime."""
 
     name: str
-    # Python package holding `lower`, `runner` and `quantized` (imported lazily, see `part`).
+    # Python package holding `lower`, `runner`, `quantized` and `facts` (imported lazily, see `part`).
     package: str
     # File suffix of an artifact (a .mlpackage is a directory).
     suffix: str
@@ -57,6 +59,9 @@ class TargetInfo:
     # for this target may use group-wise grids. LiteRT has a blockwise path but refuses models whose converter
     # folds a LayerNorm into the next weight (converters/targets/tflite/blockwise.py), so plans keep per-channel.
     group_weights: bool = False
+    # Its `facts` part reads back the weight bytes a written quantized artifact holds; False where the format is
+    # not read (an ExecuTorch program's XNNPACK blobs, a LiteRT flatbuffer), so nothing unmeasured is claimed.
+    reads_weight_bytes: bool = False
 
     def __post_init__(self) -> None:
         if self.default_precision not in self.precisions:
@@ -75,14 +80,14 @@ class TargetInfo:
         return self.why_not_here() is None
 
     def part(self, role: str) -> ModuleType:
-        """The target's `lower`, `runner` or `quantized` module, imported on first use."""
+        """The target's `lower`, `runner`, `quantized` or `facts` module, imported on first use."""
         return importlib.import_module(f"{self.package}.{role}")
 
 
 _ALL = (
     TargetInfo(
         "onnx", "converters.targets.onnx", ".onnx", ("fp32",), "fp32", (4, 8), "static",
-        ("onnx", "onnxruntime", "onnxscript"), "executorch", group_weights=True,
+        ("onnx", "onnxruntime", "onnxscript"), "executorch", group_weights=True, reads_weight_bytes=True,
     ),
     TargetInfo(
         "executorch", "converters.targets.executorch", ".pte", ("fp32", "fp16"), "fp32", (4, 8), "dynamic",
@@ -95,7 +100,7 @@ _ALL = (
     TargetInfo(
         "coreml", "converters.targets.coreml", ".mlpackage", ("fp16", "fp32"), "fp16", (4, 6, 8), "static",
         ("coremltools",), "executorch", names_int8=False, runs_on=("Darwin",), runtime="Core ML prediction",
-        group_weights=True,
+        group_weights=True, reads_weight_bytes=True,
     ),
 )  # fmt: skip
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.cli import comma_list, suite_console
+from benchmarks.cli import comma_list, publish_results, suite_console, suite_parser
 from benchmarks.machine import describe_machine, gemm_gflops, load_average
-from benchmarks.report import publish
 from benchmarks.suites.lowering.measure import UNITS, run_model
 from benchmarks.suites.lowering.report import conversion_table, goals, latency_table, threading_warning
 from converters import TARGETS
@@ -25,14 +24,15 @@ EXAMPLE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.lowering",
-        description="Convert EfficientTAM's deploy units to each target and time every runnable artifact "
-        "against eager PyTorch, side by side; writes NAME.json and NAME.md under --out.",
-        epilog=f"example (a quick run: --models efficienttam_ti_512 --units image_encoder --runs 5):\n  {EXAMPLE}\n\n"
+    parser = suite_parser(
+        "python -m benchmarks.suites.lowering",
+        "Convert EfficientTAM's deploy units to each target and time every runnable artifact against eager "
+        "PyTorch, side by side; writes NAME.json and NAME.md under --out.",
+        name="lowering",
+        example=EXAMPLE,
+        epilog="A quick run: --models efficienttam_ti_512 --units image_encoder --runs 5.\n\n"
         "On cores shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE in the environment: PyTorch's\n"
         "spin-waiting OpenMP threads otherwise make eager 3-30x slower on 2 threads than on 1 (recorded in the JSON).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", default="efficienttam_ti_512,efficienttam_s_512", help="comma-separated")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
@@ -45,8 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="2",
         help="thread count(s) for torch and every runtime, comma-separated to time each (default 2)",
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="lowering", help="results file stem (default lowering)")
     parser.add_argument("--keep-artifacts", type=Path, default=None, help="keep converted files here")
     parser.add_argument(
         "--show-backend-output", action="store_true", help="let converters print (default: to a log file)"
@@ -120,14 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         *threading_warning(args.threads),
         f"Whole run {time.perf_counter() - started:.0f} s; weights random (no checkpoint ships in any package).",
     ]
-    data = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "gemm_fp32": {"start": gemm_start, "end": gemm_end},
-        "models": results,
-    }
-    publish(
-        args.out,
-        args.name,
+    data = {"gemm_fp32": {"start": gemm_start, "end": gemm_end}, "models": results}
+    publish_results(
+        args,
         title="Lowering: EfficientTAM units, converted and timed against eager PyTorch",
         machine=machine,
         tables=tables,

@@ -10,9 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.cli import artifact_dir, backend_output_to, comma_list, suite_console
+from benchmarks.cli import artifact_dir, backend_output_to, comma_list, publish_results, suite_console, suite_parser
 from benchmarks.machine import DEFAULT_DISTRIBUTIONS, describe_machine, load_average
-from benchmarks.report import publish
 from benchmarks.suites.quant_w4.measure import MODEL, measure
 from benchmarks.suites.quant_w4.report import goal_lines, table
 from benchmarks.timing import set_threads
@@ -22,13 +21,14 @@ EXAMPLE = "OMP_WAIT_POLICY=PASSIVE python -m benchmarks.suites.quant_w4 --group-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.quant_w4",
-        description="4-bit weights on DINOv2-S: onnxruntime MatMulNBits (default/RTN/GPTQ/HQQ), torchao int4, AI Edge "
+    parser = suite_parser(
+        "python -m benchmarks.suites.quant_w4",
+        "4-bit weights on DINOv2-S: onnxruntime MatMulNBits (default/RTN/GPTQ/HQQ), torchao int4, AI Edge "
         "Quantizer blockwise int4, coremltools 4-bit palettes and ours, side by side on held-out images; writes "
         "NAME.json and NAME.md under --out.",
-        epilog=f"example:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name="quant_w4",
+        threads=1,
+        example=EXAMPLE,
     )
     add = parser.add_argument
     add("--group-sizes", type=comma_list, default=["32"], help="comma-separated group sizes (default 32)")
@@ -39,14 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--calib-images", type=int, default=16, help="calibration images (default 16)")
     add("--eval-images", type=int, default=16, help="held-out images (default 16)")
     add("--frames", type=int, default=14, help="video frames per clip among the images (default 14)")
-    add("--threads", type=int, default=1, help="threads for torch and every runtime when timing (default 1)")
     add("--work-threads", type=int, default=2, help="threads while quantizing and scoring (default 2)")
     add("--warmup", type=int, default=2, help="untimed interleaved rounds (default 2)")
     add("--rounds", type=int, default=8, help="timed interleaved rounds, 0 to skip timing (default 8)")
     add("--artifacts", type=Path, default=None, help="keep the artifacts in this folder (default: temporary)")
     add("--show-backend-output", action="store_true", help="let the peers print to the console")
-    add("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    add("--name", default="quant_w4", help="results file stem (default quant_w4)")
     args = parser.parse_args(argv)
     args.group_sizes = [int(g) for g in args.group_sizes]
     unknown = sorted(set(args.peers) - set(PEERS))
@@ -75,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Run took {time.perf_counter() - started:.0f} s; "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.",
     ]
-    publish(
-        args.out,
-        args.name,
+    publish_results(
+        args,
         title="W4: group-wise 4-bit weights, ours against the peers",
         machine=machine,
         tables=[table(run.rows, MODEL)],

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.cli import publish_results, suite_parser
 from benchmarks.machine import describe_machine
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table
 from benchmarks.timing import Stats, set_threads, time_callable
 
 ARCH = {"img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 6, "num_classes": 10}
@@ -37,9 +38,7 @@ READY = re.compile(r"serving .* on 127\.0\.0\.1:(\d+);")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.shrink.edvit", description=__doc__.split("\n")[0]
-    )
+    parser = suite_parser("python -m benchmarks.suites.shrink.edvit", __doc__.split("\n")[0], name="shrink_edvit")
     parser.add_argument("--devices", default="2,3,4", help="comma-separated device counts N (default 2,3,4)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs of the full model (default 12)")
     parser.add_argument("--distill-epochs", type=int, default=4, help="distillation epochs per sub-model")
@@ -52,8 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=50, help="timed calls per artifact and end to end (default 50)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="shrink_edvit", help="results file stem (default shrink_edvit)")
     args = parser.parse_args(argv)
     args.devices = [int(n) for n in args.devices.split(",") if n]
     return args
@@ -216,18 +213,15 @@ def main(argv: list[str] | None = None) -> None:
         f"end to end {r['end_to_end_ms']['median_ms']:.2f} ms vs the full artifact's {full_ms.median * 1e3:.2f} ms"
         for r in runs
     ]
-    print_tables([table])
-    paths = write_report(
-        args.out,
-        args.name,
+    publish_results(
+        args,
         title="ED-ViT split and distributed inference (digits ViT)",
         machine={**describe_machine(), "threads": threads},
         tables=[table],
         summary=summary,
         data={"full": {"parameters": full_params, "artifact_bytes": full_artifact, "onnx_ms": full_ms.to_dict()},
-              "runs": runs, "args": {k: str(v) for k, v in vars(args).items()}},
+              "runs": runs},
     )  # fmt: skip
-    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,27 +14,24 @@ on ViT-B/L and ImageNet; this is a 4-block model on 8x8 digits, so only the comp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, publish
+from benchmarks.cli import publish_results, run_conditions, suite_parser
+from benchmarks.machine import describe_machine
+from benchmarks.report import Table
 from benchmarks.timing import set_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.shrink.matformer", description=__doc__.split("\n")[0]
+    parser = suite_parser(
+        "python -m benchmarks.suites.shrink.matformer", __doc__.split("\n")[0], name="shrink_matformer"
     )
     parser.add_argument("--epochs", type=int, default=30, help="epochs of every training run (default 30)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each trains everything again")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="shrink_matformer", help="results file stem (default shrink_matformer)")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     return args
@@ -124,18 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         f"each 'alone' model had its own {rows[0]['independent_steps']} steps.",
         f"Extracted minus alone: mean {sum(deltas) / len(deltas):+.1f} pt, range {min(deltas):+.1f} to "
         f"{max(deltas):+.1f} pt over {len(rows)} sub-models.",
-        f"Threads: {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load "
-        f"{machine['load_average']} → {load_average()}; whole run {time.perf_counter() - started:.0f} s.",
+        run_conditions(threads, machine["load_average"], started),
     ]
-    tables = [table(rows)]
-    publish(
-        args.out,
-        args.name,
+    publish_results(
+        args,
         title="MatFormer: Mix'n'Match extraction vs independent training",
         machine=machine,
-        tables=tables,
+        tables=[table(rows)],
         summary=summary,
-        data={"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows},
+        data={"rows": rows},
     )
     return 0
 

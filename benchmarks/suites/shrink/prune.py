@@ -30,23 +30,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.cli import publish_results, suite_parser
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table
 from benchmarks.timing import interleaved, set_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.shrink.prune", description=__doc__.split("\n")[0]
+    parser = suite_parser(
+        "python -m benchmarks.suites.shrink.prune", __doc__.split("\n")[0], name="shrink_prune", threads=1
     )
     parser.add_argument("--budgets", default="0.3,0.5", help="fractions of parameters removed (default 0.3,0.5)")
     parser.add_argument("--calib", type=int, default=8, help="calibration photos (default 8)")
     parser.add_argument("--held-out", type=int, default=4, help="held-out photos for fidelity (default 4)")
     parser.add_argument("--recover-steps", type=int, default=40, help="distillation steps after taylor (default 40)")
     parser.add_argument("--runs", type=int, default=20, help="timed ONNX Runtime rounds (default 20)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime (default 1)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="shrink_prune", help="results file stem (default shrink_prune)")
     args = parser.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",") if b]
     return args
@@ -217,10 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{budget:g}: best {top['method']} {top['sqnr_db']:.2f} dB; "
             f"best peer {peer['method']} {peer['sqnr_db']:.2f} dB"
         )
-    print_tables([table])
     latency = {k: s.to_dict() for k, s in stats.items()}
-    write_report(
-        args.out, args.name, title="Structured pruning vs torch-pruning (DINOv2-S)", machine=machine,
+    publish_results(
+        args, title="Structured pruning vs torch-pruning (DINOv2-S)", machine=machine,
         tables=[table], summary=list(best.values()), data={"rows": rows, "latency": latency},
     )  # fmt: skip
     return 0

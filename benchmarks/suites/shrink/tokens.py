@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.cli import publish_results, suite_parser
 from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import Table, print_tables, write_report
+from benchmarks.report import Table
 from benchmarks.timing import interleaved, set_threads
 
 TUNED_ON = ("astronaut", "coffee", "chelsea", "rocket")  # the photos the transform's temperature was chosen on
@@ -45,19 +46,16 @@ GOAL_FLOPS, GOAL_RATIO = 0.4, 0.70  # the issue's goal: at -40 % FLOPs, latency 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.shrink.tokens", description=__doc__.split("\n")[0]
+    parser = suite_parser(
+        "python -m benchmarks.suites.shrink.tokens", __doc__.split("\n")[0], name="shrink_tokens", threads=1
     )
     parser.add_argument("--flops", default="0.2,0.3,0.4,0.5", help="FLOPs reductions (default 0.2,0.3,0.4,0.5)")
     parser.add_argument("--methods", default="transform,topk,tome", help="token methods (default all three)")
     parser.add_argument("--starts", default="0,2", help="first compressing blocks compared (default 0,2)")
     parser.add_argument("--frame-step", type=int, default=16, help="every k-th video frame is held out (default 16)")
     parser.add_argument("--runs", type=int, default=12, help="timed interleaved rounds (default 12)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for torch and the runtimes (default 1)")
     parser.add_argument("--litert", default="0.4", help="FLOPs reductions also timed on LiteRT ('' for none)")
     parser.add_argument("--tam-keep", default="0.75,0.5", help="EfficientTAM keep ratios ('' to skip)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="shrink_tokens", help="results file stem (default shrink_tokens)")
     args = parser.parse_args(argv)
     args.flops = [float(f) for f in args.flops.split(",") if f]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -334,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             best = max(at.values(), key=lambda r: r["sqnr_db"]["all"])["method"]
             summary.append(f"-{100 * flops:.0f} % FLOPs from block {start_block}: {'; '.join(parts)}; best {best}")
     figures = plot(rows, args.methods, args.out, args.name)
-    print_tables(tables)
-    write_report(
-        args.out, args.name, title="Training-free token compression (DINOv2-S, EfficientTAM encoder)",
+    publish_results(
+        args, title="Training-free token compression (DINOv2-S, EfficientTAM encoder)",
         machine=machine, tables=tables, summary=summary,
         data={"rows": rows, "efficienttam": tam, "figures": [p.name for p in figures],
               "onnx_latency": {k: s.to_dict() for k, s in onnx_stats.items()},

@@ -1,11 +1,9 @@
-"""The weight bytes a written quantized artifact really holds, read back from the file: what a bytes budget is
-checked against after the fact (`quant.cost` predicts it before anything is written).
+"""What a written .onnx file really holds, read back from its graph.
 
-Counted for every planned GEMM weight: its integer tensor (packed nibbles included) and the scales and zero
-points it is dequantized with; biases are not counted (as in `quant.cost`). Read from the ONNX graph (the
-initializers feeding DequantizeLinear, ConvInteger and its rescale, MatMulNBits) and from a Core ML package
-(its constexpr weight ops, each distinct constant once); None for a format not read here (an ExecuTorch
-program's XNNPACK blobs, a LiteRT flatbuffer), so nothing is claimed that was not measured.
+`written_weight_bytes` counts the bytes of every planned GEMM weight stored as integers: its integer tensor
+(packed nibbles included) and the scales and zero points it is dequantized with — the initializers feeding
+DequantizeLinear, ConvInteger/MatMulInteger and the rescale after them, MatMulNBits. Biases are not counted (as
+in `quant.cost`, which predicts this figure before anything is written).
 """
 
 from __future__ import annotations
@@ -18,17 +16,9 @@ import numpy as np
 _INT_TYPES = {3, 2, 22, 21}  # onnx TensorProto INT8, UINT8, INT4, UINT4
 
 
-def written_weight_bytes(target: str, path: Path, facts: dict[str, Any]) -> int | None:
-    """Bytes of the planned weights (integers, scales, zero points) in the artifact at `path`, or None; `facts`
-    is the lowering's `quant` record (Core ML's already holds the bytes it read back per storage kind)."""
-    if target == "onnx":
-        return _onnx(path)
-    if target == "coreml" and "weight_storage" in facts:
-        return int(sum(kind["bytes"] for kind in facts["weight_storage"].values()))
-    return None
-
-
-def _onnx(path: Path) -> int:
+def written_weight_bytes(path: Path, quant: dict[str, Any]) -> int:
+    """Bytes of the planned weights (integers, scales, zero points) in the .onnx file at `path`; `quant` (the
+    lowering's record) is not needed here: the graph says it all."""
     import onnx
     from onnx import TensorProto
     from onnx.helper import tensor_dtype_to_np_dtype
