@@ -67,3 +67,47 @@ def test_fully_integer_tflite_is_driven_with_float_inputs(tmp_path):
     db = sqnr_db(want, got)
     print(f"fully integer .tflite on float inputs vs fp32 eager: {db:.1f} dB")
     assert got.dtype == np.float32 and db > 25.0
+
+
+def test_single_head_attention_runs_whole_on_xnnpack(tmp_path):
+    """litert-torch's own SDPA lowering turns a single-head Q·Kᵀ into a FULLY_CONNECTED whose weight (K) is
+    computed at run time, which LiteRT's XNNPACK delegate does not take: the scores ran on the builtin kernel and
+    split the graph (EfficientTAM's memory attention was 1.5× eager). Now every FULLY_CONNECTED reads a constant,
+    both products are BATCH_MATMULs, the whole graph is one delegate partition, and the masked result is eager's."""
+    from collections import Counter
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from converters.targets.tflite.runner import LiteRTRunner
+    from converters.unit import DeployUnit
+
+    class MaskedCross(nn.Module):  # memory attention's shape: one head, an additive bias over the memory slots
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(8, 16), nn.Linear(8, 16)
+
+        def forward(self, x: torch.Tensor, memory: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            q, k, v = (t.unsqueeze(1) for t in (self.q(x), self.k(memory), self.v(memory)))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).squeeze(1)
+
+    torch.manual_seed(0)
+    bias = torch.zeros(1, 1, 1, 24)
+    bias[..., 16:] = -3.0e4  # the last memory slot is switched off
+    unit = DeployUnit(
+        "masked",
+        MaskedCross().eval(),
+        (torch.randn(1, 12, 16), torch.randn(1, 24, 8), bias),
+        ("x", "memory", "bias"),
+        ("out",),
+    )
+    art = convert(unit, "tflite", "fp32", tmp_path)
+    assert_parity(art, unit, min_db=100, max_diff=1e-5)
+    runner = LiteRTRunner(art.path, num_threads=1)
+    runner.interpreter.allocate_tensors()  # applies the XNNPACK delegate, listed as DELEGATE ops
+    ops = runner.op_details()
+    produced = {i for op in ops for i in op["outputs"]}
+    assert not [op for op in ops if op["op_name"] == "FULLY_CONNECTED" and op["inputs"][1] in produced]
+    kinds = Counter(op["op_name"] for op in ops)
+    assert kinds["BATCH_MATMUL"] == 2 and kinds["DELEGATE"] == 1, kinds

@@ -4,13 +4,8 @@ Anything the partitioner leaves out runs on ExecuTorch's portable (reference) ke
 into several delegate calls; on a ViT that is the usual reason a .pte is slower than expected, so the
 report lists the op kinds left out and the number of delegated subgraphs.
 
-Unmasked scaled_dot_product_attention is decomposed here into matmul → softmax → matmul before ExecuTorch
-sees it: ExecuTorch's own decomposition uses the "safe" softmax, which guards fully-masked rows with
-eq/logical_not/any/where/full_like over the whole attention matrix — ops XNNPACK does not take, so every
-attention block left five portable-kernel passes over an N×N tensor and split the graph (ViT-S/16 on this
-CPU: 71 → 51 ms). Without a mask no row can be fully masked, so plain softmax is exactly equivalent; an
-additive float mask is added to the scores before the plain softmax (the same unless a whole row is -inf: masks
-written here use finite large negatives); a boolean-masked or causal call keeps the safe decomposition.
+scaled_dot_product_attention is decomposed here into bmm → softmax → bmm before ExecuTorch sees it
+(`converters.sdpa`: ExecuTorch's own "safe" softmax leaves ops XNNPACK does not take).
 
 LayerNorm is rewritten for XNNPACK, which has no layer_norm: means over a [1, rows, C, 1] view (the 4-D
 innermost-dims mean XNNPACK takes), subtract, square, rsqrt — otherwise every norm runs on the portable
@@ -35,6 +30,7 @@ import torch
 from torch import nn
 
 from converters.artifact import TargetResult, TensorSpec
+from converters.sdpa import plain_softmax_sdpa
 from converters.targets.executorch.runner import ExecuTorchRunner
 from converters.unit import DeployUnit
 
@@ -54,29 +50,6 @@ class _Fp32Norm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.float()).to(x.dtype)
-
-
-def _sdpa_plain_softmax(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
-    if (attn_mask is not None and not attn_mask.is_floating_point()) or is_causal or dropout_p or enable_gqa:
-        return NotImplemented  # keeps the op, and with it ExecuTorch's safe-softmax decomposition
-    scale = q.size(-1) ** -0.5 if scale is None else scale
-    # bmm on 3-D views: a 4-D matmul decomposes into expand_copy + bmm, and XNNPACK leaves expand_copy out
-    *batch, n, e = q.shape
-    m = k.shape[-2]
-    scores = torch.bmm(q.reshape(-1, n, e), k.reshape(-1, m, e).transpose(1, 2)) * scale
-    if attn_mask is not None:
-        scores = (scores.reshape(*batch, n, m) + attn_mask).reshape(-1, n, m)
-    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(-1, m, v.shape[-1]))
-    return out.reshape(*batch, n, v.shape[-1])
 
 
 def _layer_norm_4d(
@@ -135,7 +108,7 @@ def convert(
     from executorch.exir import to_edge_transform_and_lower
 
     module = unit.module if precision == "fp32" else _HalfCompute(unit.module)
-    table = {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_plain_softmax}
+    table = {torch.ops.aten.scaled_dot_product_attention.default: plain_softmax_sdpa()}
     if decompose_norms:
         table[torch.ops.aten.layer_norm.default] = _layer_norm_4d
     exported = torch.export.export(module, unit.example_inputs, strict=False).run_decompositions(table)

@@ -3,6 +3,9 @@
 fp16 means fp16 *weights* (litert-torch's `full_fp16_recipe`, AI Edge Quantizer's float-casting): the file
 halves and the CPU upcasts weights to fp32 once at load, while a GPU delegate may compute in fp16. Inputs and
 outputs stay fp32 either way.
+
+Attention reaches litert-torch as bmm → softmax → bmm with Kᵀ an explicit TRANSPOSE (`converters.sdpa`): its own
+SDPA lowering makes Q·Kᵀ a FULLY_CONNECTED with a run-time weight that XNNPACK does not take.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from converters.artifact import TargetResult
+from converters.sdpa import plain_softmax_sdpa
 from converters.targets.tflite.runner import LiteRTRunner
 from converters.unit import DeployUnit
 
@@ -33,6 +37,13 @@ class NamedIO(nn.Module):
         return dict(zip(self.output_names, out if isinstance(out, tuple) else (out,), strict=True))
 
 
+def litert_module(module: nn.Module, sample_kwargs: dict[str, torch.Tensor]) -> nn.Module:
+    """`module` re-traced with every SDPA call in the form LiteRT's XNNPACK delegate runs whole."""
+    exported = torch.export.export(module, (), sample_kwargs, strict=False)
+    sdpa = plain_softmax_sdpa(explicit_transpose=True)
+    return exported.run_decompositions({torch.ops.aten.scaled_dot_product_attention.default: sdpa}).module()
+
+
 def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
     """Convert and export, then load the file in the LiteRT interpreter to prove it loads and to read its
     real signature (LiteRT narrows int64 inputs to int32, and the record should say so)."""
@@ -44,11 +55,8 @@ def convert(unit: DeployUnit, precision: str, path: Path) -> TargetResult:
 
         quant_config = quant_recipes.full_fp16_recipe()
     named = NamedIO(unit.module, unit.input_names, unit.output_names).eval()
-    model = litert_torch.convert(
-        named,
-        sample_kwargs=dict(zip(unit.input_names, unit.example_inputs, strict=True)),
-        quant_config=quant_config,
-    )
+    kwargs = dict(zip(unit.input_names, unit.example_inputs, strict=True))
+    model = litert_torch.convert(litert_module(named, kwargs), sample_kwargs=kwargs, quant_config=quant_config)
     model.export(str(path))
 
     runner = LiteRTRunner(path, num_threads=1)

@@ -24,7 +24,7 @@ from converters.artifact import TargetResult
 from converters.errors import ConversionError
 from converters.quant_lowering import DYNAMIC_REFERENCE, Lowering, gemm_plan, no_options, quant_facts
 from converters.targets.tflite.blockwise import blockwise_layers, lower_blockwise
-from converters.targets.tflite.lower import NamedIO
+from converters.targets.tflite.lower import NamedIO, litert_module
 from converters.targets.tflite.runner import LiteRTRunner
 from converters.unit import DeployUnit
 from quant.plan import QuantPlan
@@ -59,11 +59,10 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
         pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(True, False, True))
     )
     named = NamedIO(graph, unit.input_names, unit.output_names).eval()
+    kwargs = dict(zip(unit.input_names, unit.example_inputs, strict=True))
     # litert-torch prints its progress to stdout, which would corrupt a `--json` manifest printed there.
     with contextlib.redirect_stdout(sys.stderr):
-        litert_torch.convert(
-            named, sample_kwargs=dict(zip(unit.input_names, unit.example_inputs, strict=True)), quant_config=dynamic
-        ).export(str(path))
+        litert_torch.convert(litert_module(named, kwargs), sample_kwargs=kwargs, quant_config=dynamic).export(str(path))
 
     runner = LiteRTRunner(path, num_threads=1)
     weights = _tflite_weight_dtypes(runner)
