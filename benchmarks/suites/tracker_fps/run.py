@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from benchmarks.machine import describe_machine, load_average
-from benchmarks.report import publish
-from benchmarks.suites.tracker_fps.tables import OFFICIAL, PARTS, fps_table, goal_lines, settings_table
+from benchmarks.cli import publish_results, run_conditions, suite_parser
+from benchmarks.machine import describe_machine
+from benchmarks.suites.tracker_fps.tables import MIXED, OFFICIAL, PARTS, fps_table, goal_lines, settings_table
 from benchmarks.timing import interleaved, set_threads
 
 EXAMPLE = (
@@ -50,13 +50,14 @@ EXAMPLE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.suites.tracker_fps",
-        description="Track a clip with the official predictor and our eager and converted EfficientTAM trackers, "
-        "round-robin, timing every unit inside the loop; FPS, per-unit ms and mask IoU against eager fp32; writes "
-        "NAME.json and NAME.md.",
-        epilog=f"example:\n  {EXAMPLE}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = suite_parser(
+        "python -m benchmarks.suites.tracker_fps",
+        "Track a clip with the official predictor and our eager and converted EfficientTAM trackers, round-robin, "
+        "timing every unit inside the loop; FPS, per-unit ms and mask IoU against eager fp32; writes NAME.json "
+        "and NAME.md.",
+        name="tracker_fps",
+        threads=2,
+        example=EXAMPLE,
     )
     parser.add_argument("--models", default="ti_512,ti_512_1,ti_512_2,s_512,s_512_1,s_512_2", help="variants")
     parser.add_argument("--onnx", default="all", help="variants that get an ONNX fp32 bundle (default all)")
@@ -67,13 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=5, help="frames per pass, the prompted one included")
     parser.add_argument("--frames-1024", type=int, default=3, help="frames per pass for 1024 px variants")
     parser.add_argument("--rounds", type=int, default=2, help="passes per tracker, the first one dropped")
-    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime (default 2)")
     parser.add_argument("--object-bias", type=float, default=20.0, help="object-score bias of the random model")
     parser.add_argument("--ort-settings", action="store_true", help="threads × spinning × IO binding tables")
     parser.add_argument("--io-binding", action="store_true", help="only the per-unit IO binding table")
     parser.add_argument("--workdir", type=Path, default=None, help="keep bundles here and reuse them")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--name", default="tracker_fps", help="results file stem (default tracker_fps)")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.onnx, args.int8 = (
@@ -111,20 +109,25 @@ def bundle(model: torch.nn.Module, variant: str, precision: str, work: Path, con
     return out
 
 
-def ort_tracker(path: Path, threads: int, spinning: bool, io_binding: bool = False) -> Any:
-    """The bundle's ONNX tracker with the given runtime settings (bundle_tracker uses the defaults)."""
+def ort_tracker(
+    path: Path, threads: int, spinning: bool, io_binding: bool = False, units_from: dict[str, Path] | None = None
+) -> Any:
+    """The bundle's ONNX tracker with the given runtime settings (bundle_tracker uses the defaults); `units_from`
+    takes the named units from other bundles of the same variant (e.g. int8 with the fp32 memory encoder)."""
     from converters.bundle import artifact_for, read_manifest
     from converters.targets.onnx.runner import OnnxRuntimeRunner
     from edgevit.video.assemble import config_from_manifest
     from edgevit.video.tracker import UNIT_NAMES, Tracker
 
-    manifest = read_manifest(path)
+    bundles = {n: (units_from or {}).get(n, path) for n in UNIT_NAMES}
 
     def runner(name: str):
-        ort = OnnxRuntimeRunner(path / artifact_for(manifest, name, "onnx")["path"], threads, spinning, io_binding)
+        file = bundles[name] / artifact_for(read_manifest(bundles[name]), name, "onnx")["path"]
+        ort = OnnxRuntimeRunner(file, threads, spinning, io_binding)
         return lambda *xs: tuple(torch.from_numpy(o) for o in ort.run(*(x.numpy() for x in xs)))
 
-    return Tracker(config_from_manifest(manifest["model"]["config"]), {n: runner(n) for n in UNIT_NAMES})
+    config = read_manifest(path)["model"]["config"]
+    return Tracker(config_from_manifest(config), {n: runner(n) for n in UNIT_NAMES})
 
 
 class Official:
@@ -157,12 +160,14 @@ class Official:
         return seconds, results
 
 
-def race(trackers: dict[str, tuple[Any, int]], frames: list[np.ndarray], prompt: Any, rounds: int) -> dict:
-    """Round-robin passes; per tracker: the summary over measured frames and the last pass's results."""
+def race(trackers: dict[str, tuple[Any, int]], frames: list[np.ndarray], prompt: Any, rounds: int, full: int) -> dict:
+    """Round-robin passes; per tracker: the summary over measured frames (with `steady`, the frames from index
+    `full` on, whose memory bank is full, or None when the clip is shorter) and the last pass's results."""
     from edgevit.video.profile import FrameProfile
 
     names = list(trackers)
     merged = {n: FrameProfile() for n in names}
+    steady = {n: FrameProfile() for n in names}
     official: dict[str, list[float]] = {}
     results: dict[str, list] = {}
     for r in range(rounds):
@@ -173,6 +178,7 @@ def race(trackers: dict[str, tuple[Any, int]], frames: list[np.ndarray], prompt:
                 seconds, results[name] = tracker.track(prompt)
                 if r > 0:
                     official.setdefault(name, []).extend(seconds[1:])
+                    official.setdefault(f"{name} steady", []).extend(seconds[full:])
                 continue
             profile = FrameProfile()
             timed = profile.attach(tracker)
@@ -182,9 +188,18 @@ def race(trackers: dict[str, tuple[Any, int]], frames: list[np.ndarray], prompt:
                 got.append(result)
             if r > 0:
                 merged[name].frames += profile.frames[1:]
+                steady[name].frames += profile.frames[full:]
             results[name] = got
-    summaries = {n: frame_summary(official[n]) if n in official else merged[n].summary(skip=0) for n in names}
-    return {n: (summaries[n], results[n]) for n in names}
+    out = {}
+    for n in names:
+        if n in official:
+            summary, full_bank = frame_summary(official[n]), official[f"{n} steady"]
+            summary["steady"] = frame_summary(full_bank) if full_bank else None
+        else:
+            summary = merged[n].summary(skip=0)
+            summary["steady"] = steady[n].summary(skip=0) if steady[n].frames else None
+        out[n] = (summary, results[n])
+    return out
 
 
 def frame_summary(seconds: list[float]) -> dict:
@@ -232,11 +247,18 @@ def run_variant(variant: str, args: argparse.Namespace, clip: tuple, work: Path,
     trackers["eager fp32"] = (eager_tracker(model), args.threads)
     if args.bf16:
         trackers["eager bf16"] = (eager_tracker(model, bf16=BF16_UNITS), args.threads)
+    paths = {}
     for precision in [p for p, wanted in (("fp32", args.onnx), ("int8", args.int8)) if variant in wanted]:
-        path = bundle(model, variant, precision, work, console)
-        trackers[f"onnx {precision}"] = (bundle_tracker(path, "onnx", args.threads)[0], args.threads)
+        paths[precision] = bundle(model, variant, precision, work, console)
+        trackers[f"onnx {precision}"] = (bundle_tracker(paths[precision], "onnx", args.threads)[0], args.threads)
+    if len(paths) == 2:  # stop 17: ti_512_1's int8 memory encoder took 74 ms a frame, its fp32 one 40
+        from converters.targets.onnx.runner import ALLOW_SPINNING
+
+        fp32_encoder = {"memory_encoder": paths["fp32"]}
+        mixed = ort_tracker(paths["int8"], args.threads, ALLOW_SPINNING, units_from=fp32_encoder)
+        trackers[MIXED] = (mixed, args.threads)
     console.print(f"{variant}: {len(trackers)} trackers × {args.rounds} passes × {len(frames)} frames")
-    raced = race(trackers, frames, prompt, args.rounds)
+    raced = race(trackers, frames, prompt, args.rounds, model.cfg.num_maskmem)
     reference = raced["eager fp32"][1]
     rows = {name: {"profile": prof, **agreement(reference, got)} for name, (prof, got) in raced.items()}
     return {"variant": variant, "frames": len(frames), "trackers": rows}
@@ -256,7 +278,7 @@ def ort_settings(variant: str, args: argparse.Namespace, clip: tuple, work: Path
             name = f"onnx {threads}t spin off{'' if binding else ', no IO binding'}"
             trackers[name] = (ort_tracker(path, threads, False, binding), threads)
     console.print(f"{variant}: runtime settings, {len(trackers)} trackers × {args.rounds} passes")
-    raced = race(trackers, frames, prompt, args.rounds)
+    raced = race(trackers, frames, prompt, args.rounds, model.cfg.num_maskmem)
     return {"trackers": {name: prof for name, (prof, _) in raced.items()}, "units": binding_calls(path, model, args)}
 
 
@@ -312,18 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Random weights, object-score bias {args.object_bias} (no checkpoint ships; STACK.md); {args.clip}.mp4 "
         f"({args.frames} frames a pass, {args.frames_1024} at 1024 px), centre click; {args.rounds - 1} measured "
         "pass(es) per tracker after 1 warm-up; int8 calibrated on bikes.mp4.",
-        f"Threads: {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load "
-        f"{machine['load_average']} → {load_average()}; whole run {time.perf_counter() - started:.0f} s.",
+        run_conditions(threads, machine["load_average"], started),
         *goal_lines(results),
     ]
-    data = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "variants": results,
-        "ort_settings": settings,
-    }
-    publish(
-        args.out,
-        args.name,
+    data = {"variants": results, "ort_settings": settings}
+    publish_results(
+        args,
         title="EfficientTAM tracker FPS",
         machine=machine,
         tables=tables,
