@@ -10,9 +10,10 @@ is spent on the moves that remove the most noise per unit spent. Noise is the re
 What a budget counts is a `Budget`: a limit and a `cost(layer) -> float | None` of one candidate layer (its
 `LayerQuant`: kind, shape, bits and the grid the plan will hold), None when that candidate cannot be held. Bytes
 come from `quant.cost` (what each target really stores); milliseconds from a measured cost the caller supplies
-(`edgevit.compress.bitsearch` benches each layer's real artifact kernel on the device), so this module never
-imports a runtime. Moves are not only one notch down: on a real runtime a narrower width can be *slower*
-(4-bit conv weights held in int8 storage, a GEMM without a 4-bit kernel), and the search takes what is measured.
+(`edgevit.compress.bitsearch` benches each layer's real artifact kernel on the device and corrects it with
+whole-unit anchor plans benched beside it), so this module never imports a runtime. Moves are not only one
+notch down: on a real runtime a narrower width can be *slower* (4-bit conv weights held in int8 storage, a GEMM
+without a 4-bit kernel, a dynamic per-token quantize of its input), and the search takes what is measured.
 
 Every step is recorded in the plan's `metadata["allocation"]`: per layer its bits, its measured sensitivity
 (output SQNR with that layer alone quantized at those bits), its cost, and why it got them.
@@ -60,7 +61,8 @@ def bytes_budget(budget_mb: float, cost: LayerCost | None = None, kind: str = "w
 
 
 def latency_budget(budget_ms: float, cost: LayerCost, fixed_ms: float) -> Budget:
-    """A latency budget: `cost(layer)` is the measured ms of that layer's kernel at its bits, `fixed_ms` the rest."""
+    """A latency budget: `cost(layer)` is the ms that layer at its bits adds to the whole unit (measured; it may
+    be larger at fewer bits), `fixed_ms` the rest of the unit."""
     return Budget("latency", budget_ms, cost, "ms", fixed=fixed_ms, display="ms")
 
 

@@ -57,7 +57,7 @@ EXPLICIT = "explicit"
 
 
 @dataclass
-class _InputStats:
+class InputStats:
     """Per-channel range of a Linear's input over all calibration data, plus a sample of its rows."""
 
     min_val: Tensor
@@ -107,7 +107,7 @@ def layernorm_feeds(model: nn.Module, example: Batch, linears: Iterable[str]) ->
     return feeds
 
 
-def smoothing_factors(stats: _InputStats, weights: Sequence[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
+def smoothing_factors(stats: InputStats, weights: Sequence[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
     """(scale s, shift z) per input channel for migration strength `alpha` (weights share the input)."""
     shift = (stats.max_val + stats.min_val) / 2
     act_range = ((stats.max_val - stats.min_val) / 2).clamp(min=_EPS)
@@ -117,7 +117,7 @@ def smoothing_factors(stats: _InputStats, weights: Sequence[Tensor], alpha: floa
 
 
 def quantized_output_error(
-    stats: _InputStats,
+    stats: InputStats,
     weights: Sequence[Tensor],
     scale: Tensor,
     shift: Tensor,
@@ -149,10 +149,10 @@ def quantized_output_error(
 
 
 @torch.no_grad()
-def _collect_input_stats(
+def collect_input_stats(
     model: nn.Module, batches: list[Batch], names: list[str], max_rows: int, progress: bool
-) -> dict[str, _InputStats]:
-    found: dict[str, _InputStats] = {}
+) -> dict[str, InputStats]:
+    found: dict[str, InputStats] = {}
     generator = torch.Generator().manual_seed(0)
 
     def make_hook(name: str):
@@ -162,10 +162,10 @@ def _collect_input_stats(
             old = found.get(name)
             if old is None:
                 rows, keys = reservoir_update(None, None, flat, max_rows, generator)
-                found[name] = _InputStats(lo, hi, rows, keys)
+                found[name] = InputStats(lo, hi, rows, keys)
             else:
                 rows, keys = reservoir_update(old.rows, old.keys, flat, max_rows, generator)
-                found[name] = _InputStats(torch.minimum(old.min_val, lo), torch.maximum(old.max_val, hi), rows, keys)
+                found[name] = InputStats(torch.minimum(old.min_val, lo), torch.maximum(old.max_val, hi), rows, keys)
 
         return hook
 
@@ -188,17 +188,17 @@ def holdout_split(batches: Sequence[Batch]) -> tuple[list[Batch], list[Batch]]:
     return [b for i, b in enumerate(batches) if i not in held], [b for i, b in enumerate(batches) if i in held]
 
 
-def _merged(a: _InputStats, b: _InputStats) -> _InputStats:
+def _merged(a: InputStats, b: InputStats) -> InputStats:
     """The ranges of both (the rows of `a`): what the chosen α is applied with."""
-    return _InputStats(torch.minimum(a.min_val, b.min_val), torch.maximum(a.max_val, b.max_val), a.rows, a.keys)
+    return InputStats(torch.minimum(a.min_val, b.min_val), torch.maximum(a.max_val, b.max_val), a.rows, a.keys)
 
 
 def _choose_alpha(
-    fit: _InputStats, held: _InputStats, weights: Sequence[Tensor], alphas: Sequence[float], bits: tuple[int, int]
+    fit: InputStats, held: InputStats, weights: Sequence[Tensor], alphas: Sequence[float], bits: tuple[int, int]
 ) -> float | None:
     """The α whose smoothing, fitted on `fit`, gives the lowest quantized error on `held`'s rows; None where no
     α beats leaving the layer alone."""
-    scored = _InputStats(fit.min_val, fit.max_val, held.rows, held.keys)  # fit's ranges, held-out rows
+    scored = InputStats(fit.min_val, fit.max_val, held.rows, held.keys)  # fit's ranges, held-out rows
     identity = torch.ones_like(fit.min_val), torch.zeros_like(fit.min_val)
     best_alpha, best_err = None, quantized_output_error(scored, weights, *identity, *bits)
     for alpha in alphas:
@@ -208,7 +208,7 @@ def _choose_alpha(
     return best_alpha
 
 
-def _check_targets(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
+def check_targets(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
     kinds = quantizable_layers(model)
     names = [n for n, k in kinds.items() if k == "linear"] if layers is None else list(layers)
     for name in names:
@@ -242,11 +242,11 @@ def smooth_quant_(
     was_training = model.training
     model.eval()
     try:
-        names = _check_targets(model, layers)
+        names = check_targets(model, layers)
         reference = model_outputs(model, batches[:1])
         fit_batches, held_batches = holdout_split(batches)
-        fit = _collect_input_stats(model, fit_batches, names, max_rows, progress)
-        held = _collect_input_stats(model, held_batches, names, max_rows, progress)
+        fit = collect_input_stats(model, fit_batches, names, max_rows, progress)
+        held = collect_input_stats(model, held_batches, names, max_rows, progress)
         feeds = layernorm_feeds(model, batches[0], [n for n in names if n in fit])
         groups: dict[str, list[str]] = defaultdict(list)
         for name in names:
@@ -267,13 +267,13 @@ def smooth_quant_(
                     alpha=alpha, scale=scale.tolist(), shift=shift.tolist(), folded_into=folded_into
                 )
         apply_smoothing_(model, records)
-        _check_identity(reference, model_outputs(model, batches[:1]))
+        check_identity(reference, model_outputs(model, batches[:1]))
     finally:
         model.train(was_training)
     return records
 
 
-def _check_identity(before: list[Tensor], after: list[Tensor]) -> None:
+def check_identity(before: list[Tensor], after: list[Tensor]) -> None:
     """SQ-b is an fp32 identity; a violation means the graph analysis folded into a shared op (a bug)."""
     for b, a in zip(before, after, strict=True):
         err = (a - b).abs().max().item()

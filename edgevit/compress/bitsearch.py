@@ -1,5 +1,6 @@
 """Bit widths chosen by measured latency: each layer's real artifact kernel benched at each width on the device,
-then the greedy mixed-precision search held to a budget in milliseconds instead of a bytes proxy.
+corrected by whole-unit anchor plans benched beside it, then the greedy mixed-precision search held to a budget in
+milliseconds instead of a bytes proxy, with a floor: never slower than the highest widths (W8A8).
 
 Why measure: a proxy (bytes, BOPs) says 4-bit weights are cheaper, but what a runtime does with them differs per
 kernel: XNNPACK packs 4-bit Linear weights but runs 4-bit convs from int8 storage; a GEMM whose activations are
@@ -9,11 +10,12 @@ bandwidth. The search takes what the device measures (`quant.mixed_precision.all
 How: every planned layer with a weight becomes a probe, a one-layer deploy unit with the layer's own weights
 and input shape, quantized at one width with the plan's own qparams and lowered by the target's real quantized
 lowering (`converters.quantized.convert_quantized`). Identical layers (DINOv2's twelve qkv projections) share
-one probe. All probes, an idle probe (the runtime's call overhead, subtracted from each) and the whole unit at
-the highest widths (for the part no bit choice changes) go into one bundle, benched on the device through the
-benchmark harness (`benchmarks.devices.open_device(spec).bench`, as `edgevit bench --device` does). Probe times
-are cached per device, runtime version, target, shape and width in ~/.cache/edgevit/bit_latency.json. The final
-plan's artifact is benched the same way and its measured latency recorded against the budget.
+one probe. All probes, an idle probe (the runtime's call overhead, subtracted from each) and whole-unit anchor
+plans (`MeasuredCost` says which and why) go into one bundle, benched on the device through the benchmark harness
+(`benchmarks.devices.open_device(spec).bench`, as `edgevit bench --device` does). Probe times are cached per
+device, runtime version, target, shape and width in ~/.cache/edgevit/bit_latency.json; anchors are benched every
+time (they are the unit itself). The final plan's artifact is benched beside the highest-width plan, and the
+faster is kept (`floor_reason`); budget, predicted and measured ms are recorded in the plan's metadata.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,33 +39,19 @@ from converters.base import backend_versions
 from converters.targets.registry import target_info
 from converters.unit import DeployUnit
 from edgevit.compress.latency import read_timings, write_timings
+from edgevit.compress.latency_fit import Anchor, fit_costs, floor_reason
+from edgevit.compress.probes import IDLE, Idle, Probe, layer_inputs, probe_input, probe_key
 from edgevit.errors import EdgevitError
 from quant.fake_quant import CalibrationStats
 from quant.metrics import SensitivityTable
 from quant.plan import LayerQuant, QuantPlan
 
 RUNS = 30
+ROUNDS = 3  # the bundle is benched in rounds, the median of their medians kept: load drift hits every unit alike
 WARMUP = 5
 THREADS = 1  # one big core, the phone case (as edgevit.compress.latency)
-_IDLE = "idle"
-
-
-class Probe(nn.Module):
-    """One layer alone, called as the model calls it."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
-class _Idle(nn.Module):
-    """The cheapest program a runtime will run: what every probe pays besides its layer."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1.0
+MAX_FLIPS = 12  # group-flip anchors benched at most (each is a whole-unit lowering)
+TOP = "highest widths"
 
 
 def default_cache() -> Path:
@@ -70,37 +60,23 @@ def default_cache() -> Path:
     return default_cache_dir().parent / "bit_latency.json"
 
 
-def layer_inputs(module: nn.Module, unit: DeployUnit, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The input shape each named layer sees when `module` runs the unit's example inputs."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
-
-        return hook
-
-    hooks = [module.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
-    try:
-        with torch.no_grad():
-            module.eval()(*unit.example_inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return shapes
-
-
-def _probe_key(layer: nn.Module, lq: LayerQuant, shape: tuple[int, ...]) -> str:
-    q = lq.weight
-    assert q is not None
-    conv = {k: str(getattr(layer, k)) for k in ("stride", "padding", "dilation", "groups") if hasattr(layer, k)}
-    blob = [lq.kind, lq.weight_shape, list(shape), q.bits, q.granularity, q.group_size, conv, layer.bias is not None]
-    return json.dumps(blob, sort_keys=True)
-
-
 class MeasuredCost:
-    """`cost(layer) -> ms` for `quant.mixed_precision`: the measured time of the layer's kernel at its width
-    (idle overhead subtracted, floored at 0), and `fixed_ms`, the unit's time not set by any layer's bits."""
+    """`cost(layer) -> ms` for `quant.mixed_precision`: the time a layer at its width adds to the whole unit,
+    and `fixed_ms`, the unit's time no layer's bits set.
+
+    Why anchors: a one-layer probe times the kernel alone, with the runtime's boundary around it (the input's
+    quantize, the output's dequantize, a delegate call); in the unit those are fused, shared or different (a
+    4-bit GEMM adds a dynamic per-token quantize of its input where a static int8 GEMM reuses its neighbour's
+    grid). Stop 17 measured the gap on DINOv2-S on XNNPACK: the probes said 4-bit qkv/fc1/fc2 were faster than
+    8-bit and predicted 74 ms for a plan whose artifact took 124, while W8A8 took 113. So the same bundle benches
+    whole-unit anchor plans beside the probes: every layer at its highest width, every layer at its lowest, and
+    — when there are at most `MAX_FLIPS` — each group of identical layers alone flipped to each narrower width.
+    Group flips are the choice because they measure what the search trades in — the unit's change when a group
+    changes width — in context. A per-width scale + offset on the probes was the other candidate, but it keeps
+    each layer's change in proportion to its probes, and the probes' errors are not proportional: on the tiny
+    ViT on XNNPACK fc1 at 4 bits added 0.076 ms to the unit where its probes said −0.002, proj 0.017 for −0.010.
+    `fit_costs` makes the costs reproduce the anchors; the all-lowest anchor checks that the flips add up (least
+    squares shares what they do not). Each anchor's measured, bare-probe and fitted ms go into `record()`."""
 
     def __init__(
         self,
@@ -111,34 +87,104 @@ class MeasuredCost:
         device: str,
         cache: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        timings: Callable[[MeasuredCost], dict[str, float]] | None = None,
     ) -> None:
+        """`timings` (default: bench on `device`) returns the median ms of every probe key, "idle" and every
+        anchor plan (`self.plans`); given numbers make the fit and the search testable without a runtime."""
         self.unit, self.stats, self.target, self.device = unit, stats, target, device
         self.cache = cache or default_cache()
         self.say = progress or (lambda _msg: None)
         weighted = [n for n in stats.layers if stats.layers[n].kind != "matmul"]
         self.shapes = layer_inputs(unit.module, unit, weighted)
-        widths = sorted({w for w in table.weight_bits}, reverse=True)
+        self.widths = sorted(set(table.weight_bits), reverse=True)
+        self.act = max(table.act_bits)
         self.probes: dict[str, tuple[str, LayerQuant]] = {}  # probe key → (layer, its LayerQuant)
         self.keys: dict[tuple[str, int | None], str] = {}
         for name in weighted:
             if name not in self.shapes:
                 continue  # not run on the example inputs: costs nothing here
-            for w in widths:
-                lq = stats.layers[name].layer_quant(w, max(table.act_bits), "probe")
-                key = _probe_key(unit.module.get_submodule(name), lq, self.shapes[name])
+            for w in self.widths:
+                lq = stats.layers[name].layer_quant(w, self.act, "probe")
+                key = probe_key(unit.module.get_submodule(name), lq, self.shapes[name])
                 self.keys[(name, w)] = key
                 self.probes.setdefault(key, (name, lq))
-        top = stats.plan(bits={n: (widths[0] if n in weighted else None, max(table.act_bits)) for n in stats.layers})
-        self.ms = self._measure(top)
-        self.fixed_ms = self.ms["unit"] - sum(self(top.layers[n]) for n in weighted if (n, widths[0]) in self.keys)
+        self.plans = self._anchor_plans()
+        self.top = self.plans[TOP]
+        self.ms = (timings or MeasuredCost._measure)(self)
+        self.top_ms = self.ms[TOP]
+        self.isolated = {key: max(0.0, self.ms[key] - self.ms[IDLE]) for key in self.probes}
+        self.anchors = [Anchor(name, self.counts(plan), self.ms[name]) for name, plan in self.plans.items()]
+        self.costs, self.fixed_ms = fit_costs(self.isolated, self.anchors)
 
     def __call__(self, layer: LayerQuant) -> float:
         if layer.weight is None:
             return 0.0
         key = self.keys.get((layer.name, layer.weight.bits))
-        if key is None:
-            return 0.0
-        return max(0.0, self.ms[key] - self.ms[_IDLE])
+        return 0.0 if key is None else self.costs[key]
+
+    def counts(self, plan: QuantPlan) -> dict[str, int]:
+        """How many of the plan's layers sit at each probe key."""
+        out: dict[str, int] = {}
+        for name, lq in plan.layers.items():
+            key = self.keys.get((name, lq.weight_bits))
+            if key is not None:
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def predict(self, plan: QuantPlan, *, bare: bool = False) -> float:
+        """The plan's whole-unit ms as the fitted costs (or, `bare`, the isolated probes: stop 17's model) say."""
+        counts = self.counts(plan)
+        if bare:
+            top = self.anchors[0]
+            fixed = top.measured_ms - sum(n * self.isolated[k] for k, n in top.counts.items())
+            return fixed + sum(n * self.isolated[k] for k, n in counts.items())
+        return self.fixed_ms + sum(n * self.costs[k] for k, n in counts.items())
+
+    def record(self) -> dict[str, Any]:
+        """The anchors (measured, bare-probe and fitted ms), for a plan's metadata."""
+        anchors = [
+            {
+                "plan": a.name,
+                "measured_ms": a.measured_ms,
+                "bare_probes_ms": self.predict(self.plans[a.name], bare=True),
+                "fitted_ms": self.predict(self.plans[a.name]),
+            }
+            for a in self.anchors
+        ]
+        return {
+            "anchors": anchors,
+            "highest_widths_ms": self.top_ms,
+            "fixed_ms": self.fixed_ms,
+            "idle_ms": self.ms[IDLE],
+            "probes": len(self.probes),
+        }
+
+    def _groups(self) -> list[list[str]]:
+        """Layers whose probes are the same at every width (DINOv2's twelve qkv projections) form one group."""
+        by: dict[tuple[str, ...], list[str]] = {}
+        for name in dict.fromkeys(n for n, _ in self.keys):
+            by.setdefault(tuple(self.keys[(name, w)] for w in self.widths), []).append(name)
+        return list(by.values())
+
+    def _plan(self, bits: Mapping[str, int]) -> QuantPlan:
+        """Every weighted layer at the highest width except those `bits` names."""
+        top = self.widths[0]
+        widths = {n: (bits.get(n, top) if s.kind != "matmul" else None, self.act) for n, s in self.stats.layers.items()}
+        return self.stats.plan(bits=widths)
+
+    def _anchor_plans(self) -> dict[str, QuantPlan]:
+        """The whole-unit plans benched with the probes, the highest widths first (`fit_costs` anchors on it)."""
+        plans = {TOP: self._plan({})}
+        if len(self.widths) == 1:
+            return plans
+        low = self.widths[-1]
+        plans[f"all W{low}"] = self._plan({n: low for n, _ in self.keys})
+        groups = self._groups()
+        if 1 < len(groups) and len(groups) * (len(self.widths) - 1) <= MAX_FLIPS:
+            for group in groups:
+                for w in self.widths[1:]:
+                    plans[f"{group[0]} ×{len(group)} at W{w}"] = self._plan(dict.fromkeys(group, w))
+        return plans
 
     def _cache_key(self, probe: str) -> str:
         blob = {
@@ -149,40 +195,48 @@ class MeasuredCost:
             "versions": backend_versions(target_info(self.target).backends),
             "threads": THREADS,
             "runs": RUNS,
+            "input": "uniform over the input grid",  # zeros before stop 18
             "probe": probe,
         }
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def _measure(self, top: QuantPlan) -> dict[str, float]:
-        """Median ms of every probe (cached ones read back), the idle probe and the whole unit at `top`."""
+    def _measure(self) -> dict[str, float]:
+        """Median ms of every probe (cached ones read back), the idle probe and every anchor plan."""
         table = read_timings(self.cache)
-        ms = {k: table[self._cache_key(k)] for k in (*self.probes, _IDLE) if self._cache_key(k) in table}
+        ms = {k: table[self._cache_key(k)] for k in (*self.probes, IDLE) if self._cache_key(k) in table}
         units: list[tuple[DeployUnit, QuantPlan | None]] = []
         names: dict[str, str] = {}
         for i, (key, (name, lq)) in enumerate(self.probes.items()):
             if key in ms:
                 continue
             layer = copy.deepcopy(self.unit.module.get_submodule(name))
-            x = torch.zeros(self.shapes[name])
+            x = probe_input(lq, self.shapes[name])
             probe = DeployUnit(f"p{i}", Probe(layer).eval(), (x,), ("x",), ("y",))
             units.append((probe, QuantPlan(layers={"layer": dataclasses.replace(lq, name="layer")})))
             names[probe.name] = key
-        if _IDLE not in ms:
-            units.append((DeployUnit(_IDLE, _Idle().eval(), (torch.zeros(1, 8),), ("x",), ("y",)), None))
-            names[_IDLE] = _IDLE
-        units.append((dataclasses.replace(self.unit, name="unit"), top))
-        names["unit"] = "unit"
-        self.say(f"measuring {len(units) - 1} layer kernel(s) on {self.device} ({self.target})")
+        if IDLE not in ms:
+            units.append((DeployUnit(IDLE, Idle().eval(), (torch.zeros(1, 8),), ("x",), ("y",)), None))
+            names[IDLE] = IDLE
+        for i, (label, plan) in enumerate(self.plans.items()):
+            units.append((dataclasses.replace(self.unit, name=f"anchor{i}"), plan))
+            names[f"anchor{i}"] = label
+        self.say(
+            f"measuring {len(names) - len(self.plans)} layer kernel(s) and {len(self.plans)} whole-unit anchor(s) "
+            f"on {self.device} ({self.target})"
+        )
         measured = bench_units(units, self.target, self.device)
         for unit_name, value in measured.items():
             ms[names[unit_name]] = value
-        write_timings(self.cache, {**table, **{self._cache_key(k): v for k, v in ms.items() if k != "unit"}})
+        fresh = {self._cache_key(k): v for k, v in ms.items() if k in self.probes or k == IDLE}
+        write_timings(self.cache, {**table, **fresh})
         return ms
 
 
 def bench_units(units: Sequence[tuple[DeployUnit, QuantPlan | None]], target: str, device: str) -> dict[str, float]:
     """Median latency (ms) of each unit lowered for `target` (quantized as its plan says, or float without one),
-    benched on `device` through the benchmark harness; EdgevitError naming the unit that failed."""
+    benched on `device` through the benchmark harness in `ROUNDS` interleaved rounds (each unit's figure is the
+    median of its round medians, so a load change during the run lands on every unit rather than on the last
+    ones); EdgevitError naming the unit that failed."""
     from benchmarks.bench import BenchSettings
     from benchmarks.devices import DeviceError, open_device
     from converters.bundle import Header, ModelInfo, UnitInfo, Weights
@@ -216,19 +270,79 @@ def bench_units(units: Sequence[tuple[DeployUnit, QuantPlan | None]], target: st
         dev.check()
     except DeviceError as exc:
         raise EdgevitError(f"--device {device}: {exc}") from None
+    rounds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="edgevit-bitsearch-") as folder:
         bundle = Path(folder) / "bundle"
         write(bundle, header, lower)
-        settings = BenchSettings(runs=RUNS, warmup=WARMUP, threads=THREADS, targets=(target,))
-        results = dev.bench(bundle, settings)
-    out = {}
-    for row in results["rows"]:
-        if row["status"] != "ok":
-            raise EdgevitError(
-                f"latency probe {row['unit']} on {device} ({target}) {row['status']}: {row.get('reason')}"
-            )
-        out[row["unit"]] = float(row["latency"]["median_ms"])
-    return out
+        settings = BenchSettings(runs=RUNS // ROUNDS, warmup=WARMUP, threads=THREADS, targets=(target,))
+        for _ in range(ROUNDS):
+            for row in dev.bench(bundle, settings)["rows"]:
+                if row["status"] != "ok":
+                    raise EdgevitError(
+                        f"latency probe {row['unit']} on {device} ({target}) {row['status']}: {row.get('reason')}"
+                    )
+                rounds.setdefault(row["unit"], []).append(float(row["latency"]["median_ms"]))
+    return {unit: statistics.median(ms) for unit, ms in rounds.items()}
+
+
+def search(cost: MeasuredCost, table: SensitivityTable, budget_ms: float) -> QuantPlan:
+    """The greedy plan under `budget_ms` on the fitted costs — or the highest widths when they measured within
+    it (`floor_reason`); `metadata["latency"]` holds the budget, the predicted ms (fitted and bare probes) and the
+    anchors. Measuring the result is the caller's (then `settle`), so the plans of one comparison share a bundle."""
+    from quant.mixed_precision import allocate, latency_budget
+
+    reason = floor_reason(None, cost.top_ms, budget_ms)
+    plan = _highest(cost, table, budget_ms, reason) if reason else None
+    plan = plan or allocate(cost.stats, table, [latency_budget(budget_ms, cost, cost.fixed_ms)])
+    plan.metadata["latency"] = {
+        "budget_ms": budget_ms,
+        "device": cost.device,
+        "target": cost.target,
+        "predicted_ms": cost.predict(plan),
+        "bare_probes_predicted_ms": cost.predict(plan, bare=True),
+        "floor": reason,
+        **cost.record(),
+        "how": f"median of {ROUNDS} interleaved rounds of {RUNS // ROUNDS} runs after {WARMUP} warm-up, {THREADS} "
+        "thread(s), via the benchmark harness",
+    }
+    return plan
+
+
+def settle(
+    plan: QuantPlan, measured_ms: float, cost: MeasuredCost, table: SensitivityTable, top_ms: float
+) -> QuantPlan:
+    """The floor on a searched plan benched beside the highest-width plan (`top_ms`): the faster of the two (the
+    highest widths on a tie), with its measured ms, the searched plan's and the reason in `metadata["latency"]`."""
+    lat = plan.metadata["latency"]
+    reason = lat["floor"] or floor_reason(measured_ms, top_ms, lat["budget_ms"])
+    if reason and not lat["floor"]:
+        searched = {"searched_measured_ms": measured_ms, "searched_predicted_ms": lat["predicted_ms"]}
+        plan = _highest(cost, table, lat["budget_ms"], reason)
+        plan.metadata["latency"] = lat = {**lat, **searched, "predicted_ms": cost.predict(plan)}
+        measured_ms = top_ms
+    lat.update(
+        {
+            "measured_ms": measured_ms,
+            "highest_widths_measured_ms": top_ms,
+            "measured_within_budget": measured_ms <= lat["budget_ms"],
+            "floor": reason,
+        }
+    )
+    return plan
+
+
+def _highest(cost: MeasuredCost, table: SensitivityTable, budget_ms: float, reason: str) -> QuantPlan:
+    """The highest-width plan as the allocation writes it (so `--explain` and the report read it as any plan),
+    each layer's "why" the floor's reason, the budget the one asked for."""
+    from quant.mixed_precision import allocate, latency_budget
+
+    limit = max(budget_ms, cost.predict(cost.top))
+    plan = allocate(cost.stats, table, [latency_budget(limit, cost, cost.fixed_ms)])
+    allocation = plan.metadata["allocation"]
+    allocation["budgets"][0]["limit"] = budget_ms
+    for got in allocation["layers"].values():
+        got["why"] = "kept by the latency floor (the plan's latency record says why)"
+    return plan
 
 
 def latency_plan(
@@ -241,26 +355,13 @@ def latency_plan(
     device: str,
     cache: Path | None = None,
 ) -> QuantPlan:
-    """The greedy plan under `budget_ms` measured on `device`, its final artifact benched there; the plan's
-    `metadata["latency"]` holds the budget, the predicted and the measured ms."""
-    from quant.mixed_precision import allocate, latency_budget
-
+    """The greedy plan under `budget_ms` measured on `device`, its artifact benched there beside the highest
+    widths and the faster kept; `metadata["latency"]` holds the budget, the predicted and the measured ms."""
     unit = dataclasses.replace(unit, module=module)
     cost = MeasuredCost(unit, stats, table, target, device, cache)
-    plan = allocate(stats, table, [latency_budget(budget_ms, cost, cost.fixed_ms)])
-    measured = bench_units([(dataclasses.replace(unit, name="unit"), plan)], target, device)["unit"]
-    predicted = plan.metadata["allocation"]["budgets"][0]["used"]
-    plan.metadata["latency"] = {
-        "budget_ms": budget_ms,
-        "device": device,
-        "target": target,
-        "predicted_ms": predicted,
-        "measured_ms": measured,
-        "measured_within_budget": measured <= budget_ms,
-        "highest_widths_ms": cost.ms["unit"],
-        "fixed_ms": cost.fixed_ms,
-        "idle_ms": cost.ms[_IDLE],
-        "probes": len(cost.probes),
-        "how": f"median of {RUNS} runs after {WARMUP} warm-up, {THREADS} thread(s), via the benchmark harness",
-    }
-    return plan
+    plan = search(cost, table, budget_ms)
+    if plan.metadata["latency"]["floor"]:
+        return settle(plan, cost.top_ms, cost, table, cost.top_ms)  # the highest widths, measured as an anchor
+    both = [(dataclasses.replace(unit, name="searched"), plan), (dataclasses.replace(unit, name="top"), cost.top)]
+    ms = bench_units(both, target, device)
+    return settle(plan, ms["searched"], cost, table, ms["top"])

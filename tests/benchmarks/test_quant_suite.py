@@ -55,7 +55,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--ort-calibrators",
             "MinMax",
             "--budgets",
-            "0.6",
+            "0.75",  # counted as ONNX stores weights: uniform W4 g32 is already 60.4 % of W8A8 on this model
             "--targets",
             "onnx",
             "--deploy-bits",
@@ -106,7 +106,7 @@ def test_figures_are_sane(result: dict[str, Any]) -> None:
 def test_mixed_precision_fits_its_budget(result: dict[str, Any]) -> None:
     (mixed,) = result["sections"]["mixed"]["rows"]
     assert mixed["status"] == "ok", mixed.get("error")
-    assert mixed["weight_bytes"] <= 0.6 * mixed["w8a8_weight_bytes"]
+    assert mixed["weight_bytes"] <= 0.75 * mixed["w8a8_weight_bytes"]
     assert mixed["sqnr_db"] <= mixed["w8a8_sqnr_db"] + 1e-6
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from converters.unit import DeployUnit
-from edgevit.compress.bitsearch import layer_inputs
+from edgevit.compress.probes import layer_inputs
 from quant.errors import QuantError
 from quant.fake_quant import collect_stats
 from quant.groupwise import fake_quantize_weight

@@ -66,13 +66,13 @@ def test_the_command_ships_the_plan_the_suite_measures(tmp_path, capsys) -> None
     model = build_model(Recipe("vit", "ti16_224", overrides=TINY))
     (found,), _ = unit_batches(model, "builtin")
     prepared = quant_ours.prepare("mptq", found.unit.module, found.calib, (4, 8))
-    passes.quant.four_bit_grid(prepared, ("coreml",))  # Core ML lowers group-wise 4-bit: the pass plans groups
+    passes.quant.four_bit_grid(prepared, ("coreml",), found.calib)  # groups (Core ML lowers them), AWQ-scaled
     measured = quant_ours.uniform_plan(prepared, 4, 8)
     assert json.loads(shipped.to_json())["layers"] == json.loads(measured.to_json())["layers"]
     assert shipped.summary()["smoothed_layers"] > 0 and shipped.summary()["weight_bits"] == {"4": 10}
     # α was searched for 4-bit weights: at 8 bits the search picks other strengths (what the CLI shipped before)
     prepared_w8 = quant_ours.prepare("mptq", found.unit.module, found.calib, (8, 8))
-    passes.quant.four_bit_grid(prepared_w8, ("coreml",))
+    passes.quant.four_bit_grid(prepared_w8, ("coreml",), found.calib)
     at_w8 = quant_ours.uniform_plan(prepared_w8, 4, 8)
     assert json.loads(at_w8.to_json())["layers"] != json.loads(shipped.to_json())["layers"]
 

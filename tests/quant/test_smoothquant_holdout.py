@@ -14,7 +14,7 @@ from quant.errors import QuantError
 from quant.fake_quant import apply_plan, calibrate
 from quant.metrics import model_outputs, outputs_sqnr
 from quant.plan import Smoothing
-from quant.smoothquant import _collect_input_stats, apply_smoothing_, holdout_split, smooth_quant_, smoothing_factors
+from quant.smoothquant import apply_smoothing_, collect_input_stats, holdout_split, smooth_quant_, smoothing_factors
 
 CHANNELS = 32
 
@@ -51,7 +51,7 @@ def test_alpha_chosen_on_held_out_rows_holds_up_on_new_data() -> None:
     def fresh_sqnr(model: nn.Module) -> float:
         return outputs_sqnr(reference, model_outputs(apply_plan(model, calibrate(model, calib, progress=False)), fresh))
 
-    stats = _collect_input_stats(_linear(), calib, ["0"], 2048, False)["0"]
+    stats = collect_input_stats(_linear(), calib, ["0"], 2048, False)["0"]
     by_alpha = {}
     for alpha in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
         model = _linear()

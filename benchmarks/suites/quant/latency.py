@@ -7,15 +7,16 @@ held-out images the calibration never saw (scikit-learn's photos and bigbuckbunn
 plan's fake-quant model.
 
 - **Bytes proxy**: greedy mixed precision under a weight budget (`--fractions` of the W8A8 plan's bytes on the
-  target, real per-target costs from `quant.cost`). Each plan's artifact is lowered and benched on the device.
-- **Latency-driven**: the same greedy search under a budget in milliseconds, with each layer's cost measured at
-  each width on the device (`edgevit.compress.bitsearch.MeasuredCost`); its budget is each bytes-proxy plan's
-  latency as those measured costs predict it, and both artifacts are then benched, so the two are compared at
-  the same measured latency (within `SAME_LATENCY`).
+  target, real per-target costs from `quant.cost`).
+- **Latency-driven**: `edgevit.compress.bitsearch` as `--budget-ms` runs it: per-layer probes corrected by
+  whole-unit anchor plans (highest widths, all lowest, each group of identical layers flipped), the greedy search
+  on those costs, and the floor (never slower than the highest widths, W8A8). Its budget is each bytes-proxy
+  plan's latency as the fitted costs predict it (the same cost model on both sides).
 - **Mixed vs W8A8**: greedy mixed precision at 60 % of the W8A8 plan's bytes on the target vs W8A8.
 
-Artifacts of one comparison are benched in one bundle, one after the other (the harness runs each in its own
-process); on a shared machine the load drifts between them, so latencies within a few percent are a tie.
+W8A8 and every plan of the comparison are lowered and benched in one bundle, one after the other (the harness runs
+each in its own process), so their measured latencies are compared within one run; the floor is settled on that
+W8A8 time. On a shared machine the load drifts between artifacts, so latencies within a few percent are a tie.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"  # benchmarks/results
 GOAL_LATENCY_DB = 1.0  # latency-driven ≥ 1 dB above the bytes proxy at the same measured latency
 GOAL_MIXED_DB = 1.0  # mixed precision within 1 dB of W8A8 ...
 MIXED_FRACTION = 0.6  # ... at ≤ 60 % of its bytes
@@ -51,13 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.machine import describe_machine, load_average
     from benchmarks.report import publish
     from benchmarks.suites.quant.subjects import loader
-    from edgevit.compress.bitsearch import MeasuredCost, bench_units
+    from edgevit.compress.bitsearch import MeasuredCost, bench_units, search, settle
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
     from quant.cost import plan_bytes
     from quant.fake_quant import apply_plan
     from quant.metrics import model_outputs, outputs_sqnr
-    from quant.mixed_precision import allocate, bytes_budget, latency_budget
+    from quant.mixed_precision import allocate, bytes_budget
 
     load_before = load_average()
     subject = loader(args.model, 14, (args.calib, args.held_out), None)()
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
     w8 = recipe.uniform_plan(prepared, 8, 8)
     w8_bytes = plan_bytes(w8, args.target)
-    cost = MeasuredCost(unit, stats, table, args.target, args.device)
+    cost = MeasuredCost(unit, stats, table, args.target, args.device, progress=print)
     per_target = target_bytes((args.target,))
 
     def by_bytes(fraction: float) -> Any:
@@ -82,44 +83,66 @@ def main(argv: list[str] | None = None) -> None:
 
     fractions = [float(f) for f in args.fractions.split(",")]
     proxies = {f: by_bytes(f) for f in fractions}
-    proxy_ms = bench_units(
-        [(_named(unit, f"bytes{round(f * 100)}"), p) for f, p in proxies.items()], args.target, args.device
-    )
-    # Each latency search gets the proxy plan's latency as the measured per-layer costs predict it (the same
-    # cost model on both sides: a whole-unit median taken minutes apart on a shared machine is not), and both
-    # artifacts are then measured.
-    latency_plans = {}
+    searched = {f: search(cost, table, cost.predict(proxies[f])) for f in fractions}
+    # One bundle: the highest widths (the floor's reference), each proxy plan and each searched plan the floor
+    # did not already settle (a budget W8A8 meets needs no other artifact).
+    bench = [(_named(unit, "top"), cost.top)]
     for f in fractions:
-        predicted = cost.fixed_ms + sum(cost(layer) for layer in proxies[f].layers.values())
-        latency_plans[f] = allocate(stats, table, [latency_budget(predicted, cost, cost.fixed_ms)])
-    lat_ms = bench_units(
-        [(_named(unit, f"latency{round(f * 100)}"), p) for f, p in latency_plans.items()], args.target, args.device
-    )
+        bench.append((_named(unit, f"bytes{round(f * 100)}"), proxies[f]))
+        if not searched[f].metadata["latency"]["floor"]:
+            bench.append((_named(unit, f"latency{round(f * 100)}"), searched[f]))
+    print(f"benching W8A8 and {len(bench) - 1} plan(s) in one bundle")
+    ms = bench_units(bench, args.target, args.device)
+    top_ms = ms["top"]
+    chosen = {
+        f: settle(searched[f], ms.get(f"latency{round(f * 100)}", top_ms), cost, table, top_ms) for f in fractions
+    }
 
-    rows = [_row("W8A8 (uniform)", w8, held_out_db(w8), cost.ms["unit"], None, args.target)]
+    rows = [_row("W8A8 (highest widths)", cost.top, held_out_db(cost.top), top_ms, cost, None, args.target)]
     comparisons = []
     for f in fractions:
-        proxy, lat = proxies[f], latency_plans[f]
-        p_ms, l_ms = proxy_ms[f"bytes{round(f * 100)}"], lat_ms[f"latency{round(f * 100)}"]
+        proxy, lat = proxies[f], chosen[f]
+        record = lat.metadata["latency"]
+        p_ms, l_ms = ms[f"bytes{round(f * 100)}"], record["measured_ms"]
         p_db, l_db = held_out_db(proxy), held_out_db(lat)
-        rows.append(_row(f"bytes proxy, {f:.0%} of W8A8 bytes", proxy, p_db, p_ms, None, args.target))
-        budget = lat.metadata["allocation"]["budgets"][0]["limit"]
-        rows.append(_row(f"latency-driven, budget {budget:.3g} ms", lat, l_db, l_ms, budget, args.target))
-        comparisons.append({"fraction": f, "proxy_ms": p_ms, "latency_ms": l_ms, "proxy_db": p_db, "latency_db": l_db})
+        rows.append(_row(f"bytes proxy, {f:.0%} of W8A8 bytes", proxy, p_db, p_ms, cost, None, args.target))
+        label = f"latency-driven, budget {record['budget_ms']:.3g} ms" + (" (floor: W8A8)" if record["floor"] else "")
+        rows.append(_row(label, lat, l_db, l_ms, cost, record["budget_ms"], args.target))
+        comparisons.append(
+            {
+                "fraction": f,
+                "proxy_ms": p_ms,
+                "latency_ms": l_ms,
+                "proxy_db": p_db,
+                "latency_db": l_db,
+                "budget_ms": record["budget_ms"],
+                "floor": record["floor"],
+                "searched_measured_ms": record.get("searched_measured_ms"),
+                "searched_predicted_ms": record.get("searched_predicted_ms"),
+                "searched_db": held_out_db(searched[f])
+                if record["floor"] and "searched_measured_ms" in record
+                else None,
+            }
+        )
     mixed = by_bytes(MIXED_FRACTION)
-    w8_db, mixed_db = rows[0]["held_out_sqnr_db"], held_out_db(mixed)
-    rows.append(_row(f"mixed, {MIXED_FRACTION:.0%} of W8A8 bytes", mixed, mixed_db, None, None, args.target))
+    w8_db, mixed_db = held_out_db(w8), held_out_db(mixed)
+    rows.append(_row(f"mixed, {MIXED_FRACTION:.0%} of W8A8 bytes", mixed, mixed_db, None, cost, None, args.target))
 
     summary = []
     for c in comparisons:
         same = c["latency_ms"] <= c["proxy_ms"] * SAME_LATENCY
         gain = c["latency_db"] - c["proxy_db"]
         verdict = "met" if same and gain >= GOAL_LATENCY_DB else "missed"
+        floor = ""
+        if c["floor"]:
+            floor = f"; the floor took W8A8: {c['floor']}"
+            if c["searched_db"] is not None:
+                floor += f" (the searched plan: {c['searched_db']:.1f} dB)"
         summary.append(
             f"Goal, latency-driven ≥ {GOAL_LATENCY_DB:g} dB above the bytes proxy at the same measured latency "
             f"({c['fraction']:.0%} bytes budget): {c['latency_db']:.1f} dB at {c['latency_ms']:.3g} ms vs "
             f"{c['proxy_db']:.1f} dB at {c['proxy_ms']:.3g} ms (Δ {gain:+.1f} dB"
-            f"{'' if same else '; its measured latency is over the proxy plan’s by more than 5 %'}) — {verdict}."
+            f"{'' if same else '; its measured latency is over the proxy plan’s by more than 5 %'}{floor}) — {verdict}."
         )
     mixed_bytes = plan_bytes(mixed, args.target)
     gap = mixed_db - w8_db
@@ -128,13 +151,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{mixed_db:.1f} dB at {mixed_bytes / w8_bytes:.0%} ({mixed_bytes:,} of {w8_bytes:,} bytes on "
         f"{args.target}) vs W8A8 {w8_db:.1f} dB (Δ {gap:+.1f} dB) — {'met' if gap >= -GOAL_MIXED_DB else 'missed'}."
     )
+    record = cost.record()
+    worst_bare = max(abs(a["bare_probes_ms"] - a["measured_ms"]) / a["measured_ms"] for a in record["anchors"])
+    worst_fit = max(abs(a["fitted_ms"] - a["measured_ms"]) / a["measured_ms"] for a in record["anchors"])
     load_after = load_average()
     summary += [
         f"Model {args.model} ({subject.weights}); {len(subject.calib)} calibration, {len(held)} held-out images; "
         f"target {args.target} on device {args.device}; 4-bit grid: {grid}.",
         f"Per-layer latency: {len(cost.probes)} probe(s) (identical layers share one), idle call "
-        f"{cost.ms['idle']:.3g} ms subtracted; W8A8 unit {cost.ms['unit']:.3g} ms, of which {cost.fixed_ms:.3g} ms "
-        "is set by no layer's bits.",
+        f"{record['idle_ms']:.3g} ms subtracted, corrected by {len(record['anchors'])} whole-unit anchor plan(s) "
+        f"benched with them: worst anchor error {worst_bare:.0%} from the bare probes, {worst_fit:.0%} fitted. "
+        f"Highest widths {cost.top_ms:.3g} ms in that bundle, {top_ms:.3g} ms beside the compared plans.",
         f"The machine is shared: 1-minute load average {load_before[0]:.1f} → {load_after[0]:.1f} on "
         f"{describe_machine().get('cores_available', '?')} cores; latencies are medians of sequential runs, "
         f"compare within a run only. Wall time {time.time() - started:.0f} s.",
@@ -144,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         "quant_latency",
         title="Quantization bit widths by measured latency vs by bytes, and mixed precision vs W8A8",
         machine=describe_machine(),
-        tables=[_table(rows)],
+        tables=[_table(rows), _anchors(record)],
         summary=summary,
-        data={"rows": rows, "comparisons": comparisons, "probe_ms": cost.ms, "fixed_ms": cost.fixed_ms},
+        data={"rows": rows, "comparisons": comparisons, "cost_model": record, "probe_ms": cost.ms},
     )
 
 
@@ -154,7 +181,9 @@ def _named(unit: Any, name: str) -> Any:
     return dataclasses.replace(unit, name=name)
 
 
-def _row(label: str, plan: Any, db: float, ms: float | None, budget_ms: float | None, target: str) -> dict[str, Any]:
+def _row(
+    label: str, plan: Any, db: float, ms: float | None, cost: Any, budget_ms: float | None, target: str
+) -> dict[str, Any]:
     from quant.cost import plan_bytes
 
     return {
@@ -163,6 +192,8 @@ def _row(label: str, plan: Any, db: float, ms: float | None, budget_ms: float | 
         "weight_bytes": plan_bytes(plan, target),
         "held_out_sqnr_db": db,
         "measured_ms": ms,
+        "predicted_ms": cost.predict(plan),
+        "bare_probes_ms": cost.predict(plan, bare=True),
         "budget_ms": budget_ms,
     }
 
@@ -170,13 +201,37 @@ def _row(label: str, plan: Any, db: float, ms: float | None, budget_ms: float | 
 def _table(rows: list[dict[str, Any]]) -> Any:
     from benchmarks.report import Table
 
-    columns = ["plan", "weight bits (layers)", "weight bytes", "SQNR dB", "measured ms", "budget ms"]
-    table = Table("held-out output SQNR vs fp32, weight bytes on the target, measured latency", columns)
+    columns = [
+        "plan",
+        "weight bits (layers)",
+        "weight bytes",
+        "SQNR dB",
+        "measured ms",
+        "predicted ms",
+        "bare probes ms",
+        "budget ms",
+    ]
+    table = Table("held-out output SQNR vs fp32, weight bytes on the target, latency measured and predicted", columns)
+    table.notes.append("predicted: the probe costs corrected by the anchors; bare probes: stop 17's model")
     for r in rows:
         bits = ", ".join(f"W{b}: {n}" for b, n in r["weight_bits"].items())
-        ms = None if r["measured_ms"] is None else f"{r['measured_ms']:.3g}"
-        budget = None if r["budget_ms"] is None else f"{r['budget_ms']:.3g}"
-        table.rows.append([r["plan"], bits, f"{r['weight_bytes']:,}", f"{r['held_out_sqnr_db']:.1f}", ms, budget])
+        cells = [
+            None if r[k] is None else f"{r[k]:.3g}"
+            for k in ("measured_ms", "predicted_ms", "bare_probes_ms", "budget_ms")
+        ]
+        table.rows.append([r["plan"], bits, f"{r['weight_bytes']:,}", f"{r['held_out_sqnr_db']:.1f}", *cells])
+    return table
+
+
+def _anchors(record: dict[str, Any]) -> Any:
+    from benchmarks.report import Table
+
+    table = Table(
+        "whole-unit anchor plans: measured vs predicted ms",
+        ["anchor plan", "measured ms", "bare probes ms", "fitted ms"],
+    )
+    for a in record["anchors"]:
+        table.rows.append([a["plan"], f"{a['measured_ms']:.3g}", f"{a['bare_probes_ms']:.3g}", f"{a['fitted_ms']:.3g}"])
     return table
 
 

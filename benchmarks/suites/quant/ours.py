@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from edgevit.pipeline.passes import quant_recipe as recipe
 from edgevit.pipeline.passes.quant_recipe import PLAN_METHODS, SENSITIVITY_IMAGES, Prepared
+from quant.errors import QuantError
 from quant.plan import QuantPlan
 
 VARIANTS = {"ptq": "BN folded, min-max", "mptq": "SQ-b (α searched at these bits) + min-max"}
@@ -48,20 +49,38 @@ def uniform_plan(prepared: Prepared, weight_bits: int, act_bits: int) -> QuantPl
 
 
 def mixed_plans(
-    prepared: Prepared,
+    method: str,
+    module: nn.Module,
     calib: Sequence[Tensor],
     fractions: Sequence[float],
-    weight_candidates: Sequence[int] = (4, 6, 8),
-) -> tuple[dict[float, QuantPlan], float]:
-    """Greedy mixed-precision plans at each fraction of the W8 weight bytes; returns them and the table's seconds.
+    targets: Sequence[str],
+) -> tuple[dict[float, QuantPlan | str], Prepared, float, float]:
+    """Greedy mixed-precision plans at each fraction of the W8A8 plan's bytes as `targets` store them (the dearest,
+    `quant.cost`, as `edgevit quantize --bits mixed` counts a budget), on a fresh prepared copy with the pass's
+    4-bit grid (`four_bit_grid` sets the stats' groups, so the shared prepared model's uniform plans are left
+    alone). Returns the plans (or why a budget cannot be met), that copy, the W8A8 bytes and the table's seconds.
 
-    One sensitivity table (one layer quantized at a time, activations at 8 bits) serves every budget.
+    One sensitivity table (one layer quantized at a time, activations at 8 bits), over the widths every target
+    holds, serves every budget.
     """
+    from converters.quantized import WEIGHT_BITS
+    from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
+
+    prepared = recipe.prepare(method, module, calib, recipe.smoothing_bits("mixed"))
+    four_bit_grid(prepared, targets)
     start = time.perf_counter()
-    table = recipe.sensitivity(prepared, calib, weight_candidates)
+    widths = sorted(set.intersection(*(set(WEIGHT_BITS[t]) for t in targets)))
+    table = recipe.sensitivity(prepared, calib, widths)
     seconds = time.perf_counter() - start
-    w8_bytes = uniform_plan(prepared, 8, 8).weight_bytes()
-    return {f: recipe.mixed_plan(prepared, table, f * w8_bytes / 1e6) for f in fractions}, seconds
+    cost = target_bytes(targets)
+    w8_bytes = sum(cost(layer) or 0.0 for layer in uniform_plan(prepared, 8, 8).layers.values())
+    plans: dict[float, QuantPlan | str] = {}
+    for f in fractions:
+        try:
+            plans[f] = recipe.mixed_plan(prepared, table, f * w8_bytes / 1e6, cost)
+        except QuantError as err:  # e.g. below what uniform 4-bit costs on these targets
+            plans[f] = str(err)
+    return plans, prepared, w8_bytes, seconds
 
 
 def qhyvit(

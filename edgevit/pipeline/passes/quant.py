@@ -182,7 +182,7 @@ def plan_unit(unit: DeployUnit, config: QuantConfig, calib: list, data: PassData
     if config.bits == "mixed":  # check made a budget required
         plan = _mixed(unit, prepared, config, calib, data)
     else:
-        grid = four_bit_grid(prepared, data.targets) if config.bits == "4" else None
+        grid = four_bit_grid(prepared, data.targets, calib) if config.bits == "4" else None
         plan = recipe.uniform_plan(prepared, int(config.bits), 8)
         if grid is not None:
             plan.metadata["four_bit_grid"] = grid
@@ -194,16 +194,22 @@ def plan_unit(unit: DeployUnit, config: QuantConfig, calib: list, data: PassData
 
 
 # Where each target's group-wise 4-bit lowering lives: a target without one keeps per-channel 4-bit grids.
-def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str]) -> str:
+def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str], calib: Sequence | None = None) -> str:
     """The one place mixed plans choose their 4-bit grid: group-wise symmetric scales, MSE-searched (weighted by
     each input column's E[x²]), for every Linear whose width divides into `GROUP_SIZE` groups, when every target
-    lowers group-wise weights (the registry's `group_weights`); per-channel min-max otherwise. Returns which, for
-    the plan's metadata."""
+    lowers group-wise weights (the registry's `group_weights`); per-channel min-max otherwise. Given `calib`, the
+    LayerNorm-fed Linears' input channels are first scaled for those groups (AWQ, `recipe.scale_for_groups`:
+    folded into the weights, nothing new to lower). Uniform `--bits 4` passes it (DINOv2-S W4A8 held-out
+    25.8 → 27.4 dB); mixed plans do not: there it moved held-out SQNR by +0.9 / −4.1 / −2.7 dB at 60 / 70 / 80 %
+    of W8A8's ExecuTorch bytes — the greedy allocation on its table lands erratically on the scaled model
+    (benchmarks/results/quant_mixed.md). Returns which grid, for the plan's metadata."""
     from converters.targets.registry import target_info
 
     if all(target_info(t).group_weights for t in targets):
+        scaled = recipe.scale_for_groups(prepared, calib, GROUP_SIZE) if calib is not None else 0
         prepared.stats.use_groups({4: GROUP_SIZE}, "mse")
-        return f"group-wise ({GROUP_SIZE} columns), MSE scales"
+        awq = f", AWQ input scaling on {scaled} Linears" if scaled else ""
+        return f"group-wise ({GROUP_SIZE} columns), MSE scales{awq}"
     return "per-channel, min-max scales (a target here has no group-wise 4-bit lowering)"
 
 
@@ -211,7 +217,7 @@ def _mixed(unit: DeployUnit, prepared: recipe.Prepared, config: QuantConfig, cal
     """The mixed plan under the bytes budget (real per-target costs) or the latency measured on the device."""
     from quant.mixed_precision import allocate, bytes_budget, explain
 
-    grid = four_bit_grid(prepared, data.targets)
+    grid = four_bit_grid(prepared, data.targets)  # no AWQ here: it did not pay for mixed plans (see four_bit_grid)
     table = recipe.sensitivity(prepared, calib, weight_candidates(config, data.targets), data.bars)
     if config.budget_ms is not None:
         from edgevit.compress.bitsearch import latency_plan
@@ -234,6 +240,8 @@ def _mixed(unit: DeployUnit, prepared: recipe.Prepared, config: QuantConfig, cal
                 f"latency on {lat['device']} ({lat['target']}): budget {lat['budget_ms']:.4g} ms, predicted "
                 f"{lat['predicted_ms']:.4g} ms, measured {lat['measured_ms']:.4g} ms ({verdict} budget)"
             )
+            if lat["floor"]:
+                data.explain(f"floor: {lat['floor']}")
     return plan
 
 
