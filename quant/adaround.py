@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from quant.fake_quant import FakeQuantize, layer_inputs
+from quant.fake_quant import FakeQuantize
+from quant.layer_ops import layer_inputs
 from quant.layer_search import layer_forward
 from quant.plan import LayerQuant, TensorQParams
 

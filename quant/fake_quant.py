@@ -9,8 +9,9 @@ The passes, each with one job:
 - `strip_fake_quant(model)`: undo `apply_plan(..., inplace=True)` (sensitivity probes).
 
 Only the *inputs* of those ops and their weights are quantized (weights per-channel symmetric, inputs
-per-tensor asymmetric by default, which is what XNNPACK and ORT run): Softmax, LayerNorm, GELU and
-residual adds stay float, as MatMul/Conv-only QDQ does on the targets.
+per-tensor asymmetric by default, which is what XNNPACK and ORT run), and the outputs of convs that
+`quantizes_output` names: Softmax, LayerNorm, GELU and residual adds stay float, as MatMul/Conv-only QDQ
+does on the targets.
 """
 
 from __future__ import annotations
@@ -20,27 +21,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
 from quant.errors import QuantError
 from quant.groupwise import ScaleMethod, fake_quantize_weight, groupwise_qparams
-from quant.modules import MatMul, SmoothedLinear
+from quant.layer_ops import layer_forward, layer_inputs, layer_kind, quantizes_output
 from quant.observers import Observer, ObserverFactory, fake_quantize, make_observer, quant_range
 from quant.plan import LayerKind, LayerQuant, QuantPlan, TensorQParams
 
 Batch = Tensor | Sequence[Tensor]
-
-
-def layer_kind(module: nn.Module) -> LayerKind | None:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Conv2d):
-        return "conv2d"
-    if isinstance(module, MatMul):
-        return "matmul"
-    return None
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, LayerKind]:
@@ -58,31 +48,6 @@ def quantizable_layers(model: nn.Module) -> dict[str, LayerKind]:
         if kind is not None:
             found[name] = kind
     return found
-
-
-def layer_inputs(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """The tensors that get quantized when `module` is called with `args` (after any SQ-b pre-op)."""
-    if isinstance(module, MatMul):
-        return args[0], args[1]
-    x = args[0]
-    return (module.smooth(x),) if isinstance(module, SmoothedLinear) else (x,)
-
-
-def layer_forward(module: nn.Module, kind: LayerKind, inputs: Sequence[Tensor], weight: Tensor | None) -> Tensor:
-    """The op of a quantizable layer on given (possibly fake-quantized) inputs and weight.
-
-    A conv runs its own `forward` with `weight` in place of its parameter: a Conv2d subclass that pads inside
-    its forward (EfficientNet's and timm's static "same"-padding convs) keeps its padding, which calling
-    `_conv_forward` skipped (the output came out smaller, so the fake-quant model did not run). A plain
-    nn.Conv2d takes `_conv_forward` directly, which already applies string padding and `padding_mode`.
-    """
-    if kind == "matmul":
-        return torch.matmul(inputs[0], inputs[1])
-    if kind == "linear":
-        return F.linear(inputs[0], weight, module.bias)
-    if type(module).forward is nn.Conv2d.forward:
-        return module._conv_forward(inputs[0], weight, module.bias)
-    return torch.func.functional_call(module, {"weight": weight}, (inputs[0],))
 
 
 def run_batch(model: nn.Module, batch: Batch) -> Tensor | tuple | dict:
@@ -127,6 +92,7 @@ class LayerStats:
     inputs: list[Observer]
     input_numel: int
     weight_observer: Observer | None = None
+    output: Observer | None = None  # the convs `quantizes_output` names
     input_sq: Tensor | None = None  # Linear only: sum over calibration tokens of x_j², per input column
     input_rows: int = 0
     group_sizes: dict[int, int] = field(default_factory=dict)  # weight bits → group size (see use_groups)
@@ -165,6 +131,7 @@ class LayerStats:
             weight=weight,
             inputs=[_qparams(obs, act_bits) for obs in self.inputs],
             weight_shape=self.weight_shape if weight is not None else [],
+            output=_qparams(self.output, act_bits) if self.output is not None else None,
         )
 
 
@@ -268,8 +235,22 @@ def collect_stats(
 
         return hook
 
+    def make_output_hook(name: str):
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            stats = seen[name]
+            if stats.output is None:
+                stats.output = make_observer(observer, act_symmetric, None)
+            stats.output.update(output)
+
+        return hook
+
     handles = [
         model.get_submodule(name).register_forward_pre_hook(make_hook(name, kind)) for name, kind in candidates.items()
+    ]
+    handles += [
+        model.get_submodule(name).register_forward_hook(make_output_hook(name))
+        for name in candidates
+        if quantizes_output(model.get_submodule(name))
     ]
     was_training = model.training
     model.eval()
@@ -343,10 +324,23 @@ class FakeQuantLayer(nn.Module):
         else:
             weight_q = inner.weight.detach() if self.kind != "matmul" else None
         self.register_buffer("weight_q", weight_q)
+        # An int8-output conv holds its bias as int32 on the accumulator's grid (input scale x weight scale): the
+        # integer kernel adds it before rounding the output, so a float bias would move outputs across levels.
+        self.output_quant = FakeQuantize(layer.output) if layer.output is not None else None
+        self.register_buffer("bias_q", _accumulator_bias(inner, layer) if layer.output is not None else None)
 
     def forward(self, *args: Tensor) -> Tensor:
         inputs = [fq(t) for fq, t in zip(self.input_quant, layer_inputs(self.inner, args), strict=True)]
-        return layer_forward(self.inner, self.kind, inputs, self.weight_q)
+        out = layer_forward(self.inner, self.kind, inputs, self.weight_q, self.bias_q)
+        return out if self.output_quant is None else self.output_quant(out)
+
+
+def _accumulator_bias(module: nn.Module, layer: LayerQuant) -> Tensor | None:
+    """The layer's bias rounded onto its int32 accumulator grid (input scale x per-channel weight scale)."""
+    if module.bias is None or layer.weight is None:
+        return None
+    step = torch.tensor(layer.inputs[0].scale[0], dtype=torch.float64) * layer.weight.tensors()[0].double()
+    return (torch.round(module.bias.detach().double() / step) * step).float()
 
 
 def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from quant.errors import QuantError
-from quant.fake_quant import Batch, layer_inputs, materialize_batches, run_batch
+from quant.fake_quant import Batch, materialize_batches, run_batch
 from quant.groupwise import group_scale_tensor, quantize_weight_ints
+from quant.layer_ops import layer_inputs
 from quant.plan import QuantPlan, TensorQParams
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from quant.errors import QuantError
-from quant.fake_quant import layer_forward
+from quant.layer_ops import layer_forward
 from quant.observers import MIN_SCALE, fake_quantize, qparams_from_range, quant_range
 from quant.output_hessian import LayerData
 from quant.plan import Granularity, LayerKind, TensorQParams

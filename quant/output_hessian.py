@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from quant.errors import QuantError
-from quant.fake_quant import Batch, layer_inputs, quantizable_layers, run_batch
+from quant.fake_quant import Batch, quantizable_layers, run_batch
+from quant.layer_ops import layer_inputs
 from quant.metrics import flatten_output
 from quant.plan import LayerKind
 

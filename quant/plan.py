@@ -115,7 +115,13 @@ class Smoothing:
 
 @dataclass
 class LayerQuant:
-    """One quantized op: its weight (None for an activation-activation matmul) and its activation inputs."""
+    """One quantized op: its weight (None for an activation-activation matmul) and its activation inputs.
+
+    `output` (a conv's only; None in plans written before it existed, and for every other op) is the grid its
+    output is quantized onto: a target's integer conv that writes int8 (onnxruntime's QLinearConv) needs one,
+    and the fake-quant model then rounds the output there too (`quant.layer_ops.quantizes_output` says which
+    convs calibration gives one).
+    """
 
     name: str
     kind: LayerKind
@@ -124,6 +130,7 @@ class LayerQuant:
     inputs: list[TensorQParams]
     weight_shape: list[int] = field(default_factory=list)
     smoothing: Smoothing | None = None
+    output: TensorQParams | None = None
 
     @property
     def grouped(self) -> bool:
@@ -232,5 +239,6 @@ class QuantPlan:
                 inputs=inputs,
                 weight_shape=list(raw["weight_shape"]),
                 smoothing=smoothing,
+                output=TensorQParams(**raw["output"]) if raw.get("output") is not None else None,
             )
         return cls(layers=layers, metadata=doc.get("metadata", {}), schema_version=version)

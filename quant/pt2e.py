@@ -195,7 +195,8 @@ def node_owner(node: torch.fx.Node) -> str | None:
 
 
 class PlanQuantizer(Quantizer):
-    """Annotates the plan's layers with the plan's qparams, and nothing else; outputs stay float as planned.
+    """Annotates the plan's layers with the plan's qparams, and nothing else; outputs stay float unless the plan
+    gives one a grid (a conv's `LayerQuant.output`, used by the `"plan"` rendering only).
 
     `activations` is one of `ACTIVATION_MODES` (see the module doc); `int4_full_range` declares 4-bit Linear
     weights over [-8, 7] (see the module doc: only safe on weights snapped onto the plan's grid).
@@ -224,8 +225,12 @@ class PlanQuantizer(Quantizer):
             layer = self.plan.layers.get(node_owner(node) or "")
             if layer is None or node.target not in _OPS[layer.kind]:
                 continue
+            # The plan's static rendering rounds a conv's output where the plan gives it a grid, as fake-quant does.
+            graded = self.activations == "plan" and layer.output is not None
             node.meta["quantization_annotation"] = QuantizationAnnotation(
-                input_qspec_map=self._input_specs(node, layer), _annotated=True
+                input_qspec_map=self._input_specs(node, layer),
+                output_qspec=activation_spec(layer.output) if graded else None,
+                _annotated=True,
             )
             self.annotated[layer.name] += 1
         return model

@@ -287,32 +287,42 @@ def test_onnx_quantizes_a_linear_called_twice(tmp_path) -> None:
 
 
 class ConvStack(nn.Module):
-    """The conv shapes a hybrid has: strided 3x3 with padding, depthwise 3x3, pointwise 1x1 without bias."""
+    """The conv shapes a hybrid has: strided 3x3 with padding, depthwise 3x3, a 2x2 patch conv, and a pointwise 1x1
+    without bias whose output only leaves the graph (as EfficientTAM's memory encoder ends)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
         self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
         self.pw = nn.Conv2d(16, 24, 1, bias=False)
-        self.head = nn.Conv2d(24, 8, 2, stride=2)
+        self.head = nn.Conv2d(16, 8, 2, stride=2)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.pw(F.relu(self.dw(F.relu(self.stem(image)))))))
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.dw(F.relu(self.stem(image))))
+        return self.head(x), self.pw(x)
 
 
-def test_onnx_convs_run_as_integer_gemms(tmp_path) -> None:
-    """Planned convs (groups = 1) run as onnxruntime's integer GEMMs over their patches, with the plan's integers:
-    ConvInteger, a reference kernel, made int8 convs slower than float ones. Depthwise convs stay ConvInteger."""
+def test_onnx_convs_run_as_integer_kernels(tmp_path) -> None:
+    """Planned convs run as onnxruntime integer kernels with the plan's integers: with an output grid (every conv
+    but a patch embedding, depthwise ones included) as QLinearConv, the patch embedding as an integer GEMM over
+    its patches. ConvInteger, a reference kernel, made int8 convs slower than float ones."""
     torch.manual_seed(0)
     model = ConvStack().eval()
     images = _images(10, 5)
-    unit = DeployUnit("convs", model, (images[0],), ("image",), ("out",))
+    unit = DeployUnit("convs", model, (images[0],), ("image",), ("out", "features"))
     held = [(x,) for x in images[8:]]
-    art = convert_quantized(unit, "onnx", calibrate(model, images[:8], progress=False), tmp_path, parity_inputs=held)
+    plan = calibrate(model, images[:8], progress=False)
+    assert [name for name, lq in plan.layers.items() if lq.output is not None] == ["stem", "dw", "pw"]
+    art = convert_quantized(unit, "onnx", plan, tmp_path, parity_inputs=held)
     quant = art.facts["quant"]
-    assert quant["parity_vs_fake_quant"]["out"]["sqnr_db"] >= 40.0  # the same integer arithmetic as fake-quant
+    for output in ("out", "features"):  # the same integer arithmetic as fake-quant
+        assert float(quant["parity_vs_fake_quant"][output]["sqnr_db"]) >= 40.0
     kernels = optimized_op_counts(art.path)
-    assert (kernels["QGemm"] + kernels["MatMulIntegerToFloat"], kernels["ConvInteger"]) == (3, 1)
+    assert (kernels["QLinearConv"], kernels["QGemm"] + kernels["MatMulIntegerToFloat"], kernels["ConvInteger"]) == (
+        3,
+        1,
+        0,
+    )
     assert sum(kernels[op] for op in ORT_FLOAT_GEMMS) == 0
 
 

@@ -60,15 +60,19 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
     DuplicateDynamicQuantChainPass()(graph)
     try:
         result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False)
+        _execute_once(path, unit)
     except Exception as exc:
-        if not _channels_last_failure(exc):
+        if not (_channels_last_failure(exc) or isinstance(exc, _RuntimeRejection)):
             raise
-        # In one large partition, XNNPACK's channels-last pass walks a conv's dynamic-quant input back to the
-        # partition's first node and makes that channels_last: past a LayerNorm it is a rank-3 token tensor
-        # (MobileViT's fold back to a map before its 1x1 conv), and lowering fails on `aten._to_copy`. Then each
-        # dynamically quantized GEMM gets its own delegate first, the float rest after, as ExecuTorch's LLM
-        # export does. Only then: every model that lowered in one partitioner keeps the partitioning (and the
-        # speed) it was measured with.
+        # In one large partition, XNNPACK's channels-last pass (ExecuTorch 1.5) walks a conv's dynamic-quant
+        # input back by first arguments to the partition's first node and makes that channels_last, whatever
+        # lies between. Past a LayerNorm it is a rank-3 token tensor (MobileViT's fold back to a map before its
+        # 1x1 conv) and lowering fails on `aten._to_copy`; past a zero pad (EfficientNet-Lite0's "same"-padded
+        # stem) the pad keeps its NCHW paddings on the NHWC tensor and the written program fails when run
+        # (XNNPACK "Propagating input shapes failed: xnn_status_invalid_parameter"). Then each dynamically
+        # quantized GEMM gets its own delegate first, whose input is the walk's end, the float rest after, as
+        # ExecuTorch's LLM export does. Only then: every model that lowered in one partitioner keeps the
+        # partitioning (and the speed) it was measured with.
         partitioners = [XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()]
         result = lower_fp(with_module(unit, graph), "fp32", path, decompose_norms=False, partitioners=partitioners)
     xnn = xnnpack_gemm_dtypes(path)
@@ -99,6 +103,21 @@ def _lower(unit: DeployUnit, plan: QuantPlan, path: Path) -> tuple[TargetResult,
         activations="dynamic per-tensor int8 (the plan's static activation grids are not used)",
     )
     return TargetResult(inputs=result["inputs"], outputs=result["outputs"], facts=facts), per_row_dynamic(graph)
+
+
+class _RuntimeRejection(RuntimeError):
+    """The written program loaded but the ExecuTorch runtime refused to execute it."""
+
+
+def _execute_once(path: Path, unit: DeployUnit) -> None:
+    """Run the written program once on the unit's example inputs: XNNPACK checks its delegate graphs' shapes
+    only when first executed, so a program it will refuse is caught here, not at the parity gate."""
+    from converters.targets.executorch.runner import ExecuTorchRunner
+
+    try:
+        ExecuTorchRunner(path, num_threads=1).run(*(x.detach().cpu().numpy() for x in unit.example_inputs))
+    except Exception as exc:
+        raise _RuntimeRejection(str(exc)) from exc
 
 
 def _channels_last_failure(exc: BaseException | None) -> bool:

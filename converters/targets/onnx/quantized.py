@@ -4,8 +4,10 @@ QDQ goes on the inputs and weights of the plan's MatMul/Gemm/Conv only (quantizi
 accuracy, see STACK.md), with uint8 activations (u8s8 is what onnxruntime's x86 kernels want) and int32
 biases. The int32 bias is what makes onnxruntime fuse a Linear into an int8 `QGemm`: without it, its
 MatMul+Add fusion turns the QDQ MatMul into a float Gemm before the QDQ fusions run. onnxruntime runs a QDQ
-Conv as an integer kernel only when its output is quantized too, so planned convs are written as an integer
-GEMM over their patches (`conv_gemm`), or, depthwise, as `ConvInteger` rescaled to float (`_conv_integer`).
+Conv as an integer kernel (QLinearConv) only when its output is quantized too: a planned conv with an output
+grid (every conv but a patch embedding, see `quant.layer_ops.quantizes_output`) is written so (`qlinear_conv`),
+the others as an integer GEMM over their patches (`conv_gemm`), or, where neither fits (a depthwise conv of an
+older plan), as `ConvInteger` rescaled to float (`_conv_integer`).
 Attention matmuls in the plan get QDQ on both inputs (QLinearMatMul / MatMulIntegerToFloat). The reference is
 the plan's fake-quant model.
 """
@@ -25,6 +27,7 @@ from converters.quant_lowering import FAKE_QUANT_REFERENCE, Lowering, no_options
 from converters.targets.onnx.conv_gemm import conv_as_gemm, fits, value_shapes
 from converters.targets.onnx.lower import convert as lower_fp
 from converters.targets.onnx.nbits import check_plan, ensure_domain, matmul_nbits
+from converters.targets.onnx.qlinear_conv import qdq_conv
 from converters.targets.onnx.runner import optimized_op_counts
 from converters.unit import DeployUnit
 from quant.fake_quant import apply_plan
@@ -170,9 +173,13 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
             if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
                 raise ConversionError(f"onnx: the bias of {layer.name!r} is computed in the graph, not stored")
             bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+            replaced.add(index)
+            if layer.output is not None:  # an int8 output grid: QLinearConv (qlinear_conv.py)
+                x_scale = layer.inputs[0].scale[0]
+                added.extend(qdq_conv(node, act_cache[key][0], w_int, w_scale, x_scale, bias, layer.output, const))
+                continue
             scale = np.float64(layer.inputs[0].scale[0]) * w_scale.astype(np.float64)
             added.extend(_conv_integer(node, x_q, x_zero, w_int, scale, bias, const))
-            replaced.add(index)
             continue
         stem = f"{node.name}_w"
         w_args = [
@@ -202,8 +209,8 @@ def _insert_qdq(model: Any, plan: QuantPlan, module: nn.Module) -> int:
             "fused or renamed); quantize it for another target"
         )
     nodes = [n for i, node in enumerate(graph.node) for n in (*prelude.get(i, []), *([] if i in replaced else [node]))]
-    # An activation read only by ConvIntegers needs no DequantizeLinear.
-    read = {name for node in nodes for name in node.input}
+    # An activation read only by ConvIntegers needs no DequantizeLinear (a graph output still does).
+    read = {name for node in nodes for name in node.input} | {value.name for value in graph.output}
     nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -219,11 +226,11 @@ def _conv_gemm(
     node: Any, layer: Any, x_shape: list[int] | None, inits: dict[str, Any], module: nn.Module, const: Any
 ) -> list[Any] | None:
     """A planned Conv (groups = 1, int8 per-channel weights) as patches x weights, or None where it does not fit
-    (a depthwise conv, a symbolic shape): those stay `ConvInteger`."""
+    (a conv with an output grid: QLinearConv; a depthwise conv, a symbolic shape: `ConvInteger`)."""
     from onnx import numpy_helper
 
     q = layer.weight
-    if q is None or q.granularity == "per_group" or node.input[1] not in inits:
+    if q is None or q.granularity == "per_group" or layer.output is not None or node.input[1] not in inits:
         return None
     if not fits(node, x_shape, tuple(inits[node.input[1]].dims)):
         return None
