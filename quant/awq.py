@@ -43,9 +43,7 @@ from quant.smoothquant import (
     apply_smoothing_,
     check_identity,
     check_targets,
-    collect_input_stats,
-    holdout_split,
-    layernorm_feeds,
+    held_out_stats,
 )
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(i / 10 for i in range(11))
@@ -110,11 +108,7 @@ def awq_scale_(
     model.eval()
     try:
         names = [n for n in check_targets(model, layers) if model.get_submodule(n).in_features % group_size == 0]
-        reference = model_outputs(model, batches[:1])
-        fit_batches, held_batches = holdout_split(batches)
-        fit = collect_input_stats(model, fit_batches, names, max_rows, progress)
-        held = collect_input_stats(model, held_batches, names, max_rows, progress)
-        feeds = layernorm_feeds(model, batches[0], [n for n in names if n in fit])
+        reference, fit, held, feeds = held_out_stats(model, batches, names, max_rows, progress)
         groups: dict[str, list[str]] = defaultdict(list)
         for name in names:
             if name in fit and name in held and name in feeds:

@@ -26,6 +26,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from rich.progress import track
@@ -221,6 +222,19 @@ def check_targets(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
 
 
 @torch.no_grad()
+def held_out_stats(
+    model: nn.Module, batches: Sequence, names: Sequence[str], max_rows: int, progress: bool
+) -> tuple[Any, dict, dict, dict[str, str]]:
+    """What SQ-b and AWQ choose their scales from: the float output on the first batch (to check the folded model
+    against), each named Linear's input statistics on a fit split and on a held-out split of the calibration
+    batches (choosing on the batches it was fitted on overfits), and the LayerNorm feeding each."""
+    reference = model_outputs(model, batches[:1])
+    fit_batches, held_batches = holdout_split(batches)
+    fit = collect_input_stats(model, fit_batches, names, max_rows, progress)
+    held = collect_input_stats(model, held_batches, names, max_rows, progress)
+    return reference, fit, held, layernorm_feeds(model, batches[0], [n for n in names if n in fit])
+
+
 def smooth_quant_(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -243,11 +257,7 @@ def smooth_quant_(
     model.eval()
     try:
         names = check_targets(model, layers)
-        reference = model_outputs(model, batches[:1])
-        fit_batches, held_batches = holdout_split(batches)
-        fit = collect_input_stats(model, fit_batches, names, max_rows, progress)
-        held = collect_input_stats(model, held_batches, names, max_rows, progress)
-        feeds = layernorm_feeds(model, batches[0], [n for n in names if n in fit])
+        reference, fit, held, feeds = held_out_stats(model, batches, names, max_rows, progress)
         groups: dict[str, list[str]] = defaultdict(list)
         for name in names:
             if name in fit and name in held:

@@ -109,3 +109,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.calib_images < 4 or args.eval_images < 2 or not all(0 < b <= 1 for b in args.budgets):
         parser.error("need --calib-images >= 4, --eval-images >= 2 and budgets in (0, 1]")
     return args
+
+
+def budget_suite_parser(prog: str, description: str, *, name: str, fractions: str) -> argparse.ArgumentParser:
+    """The command line of the one-model budget suites (`quant.latency`, `quant.mixed_goal`): the model, target,
+    calibration / held-out image counts and the budgets as fractions of W8A8's bytes, beside `--out`/`--name`."""
+    from benchmarks.cli import suite_parser
+
+    parser = suite_parser(prog, description, name=name)
+    parser.add_argument("--model", default="dinov2_s_focus")
+    parser.add_argument("--target", default="executorch")
+    parser.add_argument("--calib", type=int, default=8, help="calibration images")
+    parser.add_argument("--held-out", type=int, default=8, help="held-out images")
+    parser.add_argument("--fractions", default=fractions, help="budgets, fractions of W8A8's bytes on the target")
+    return parser

@@ -21,15 +21,15 @@ W8A8 time. On a shared machine the load drifts between artifacts, so latencies w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"  # benchmarks/results
+from benchmarks.cli import publish_results
+from benchmarks.suites.quant.flags import budget_suite_parser
+
 GOAL_LATENCY_DB = 1.0  # latency-driven ≥ 1 dB above the bytes proxy at the same measured latency
 GOAL_MIXED_DB = 1.0  # mixed precision within 1 dB of W8A8 ...
 MIXED_FRACTION = 0.6  # ... at ≤ 60 % of its bytes
@@ -37,20 +37,15 @@ SAME_LATENCY = 1.05  # measured latencies within 5 % count as the same (one bund
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="dinov2_s_focus")
-    parser.add_argument("--target", default="executorch")
+    parser = budget_suite_parser(
+        "python -m benchmarks.suites.quant.latency", __doc__.split("\n")[0], name="quant_latency", fractions="0.6,0.8"
+    )
     parser.add_argument("--device", default="local")
-    parser.add_argument("--calib", type=int, default=8, help="calibration images")
-    parser.add_argument("--held-out", type=int, default=8, help="held-out images")
-    parser.add_argument("--fractions", default="0.6,0.8", help="bytes-proxy budgets, fractions of W8A8's bytes")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from benchmarks.report import publish
     from benchmarks.suites.quant.subjects import loader
     from edgevit.compress.bitsearch import MeasuredCost, bench_units, search, settle
     from edgevit.pipeline.passes import quant_recipe as recipe
@@ -166,9 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{describe_machine().get('cores_available', '?')} cores; latencies are medians of sequential runs, "
         f"compare within a run only. Wall time {time.time() - started:.0f} s.",
     ]
-    publish(
-        args.out,
-        "quant_latency",
+    publish_results(
+        args,
         title="Quantization bit widths by measured latency vs by bytes, and mixed precision vs W8A8",
         machine=describe_machine(),
         tables=[_table(rows), _anchors(record)],

@@ -27,12 +27,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
+from benchmarks.cli import publish_results
+from benchmarks.suites.quant.flags import budget_suite_parser
+
 GOAL_DB = 1.0  # mixed precision within 1 dB of W8A8 ...
 GOAL_FRACTION = 0.6  # ... at ≤ 60 % of its weight bytes
 
@@ -89,20 +90,19 @@ def needed_reduction_db(options: Callable[[float], dict[str, list[Option]]], bud
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="dinov2_s_focus")
-    parser.add_argument("--target", default="executorch")
-    parser.add_argument("--calib", type=int, default=8, help="calibration images")
-    parser.add_argument("--held-out", type=int, default=8, help="held-out images")
-    parser.add_argument("--fractions", default="0.6,0.7,0.8", help="mixed budgets, fractions of W8A8's bytes")
+    parser = budget_suite_parser(
+        "python -m benchmarks.suites.quant.mixed_goal",
+        __doc__.split("\n")[0],
+        name="quant_mixed",
+        fractions="0.6,0.7,0.8",
+    )
     parser.add_argument("--groups", type=int, nargs="*", default=[16, 64, 128], help="extra 4-bit group sizes")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from benchmarks.report import Table, publish
+    from benchmarks.report import Table
     from benchmarks.suites.quant.subjects import loader
     from quant.metrics import model_outputs
 
@@ -143,9 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         f"The machine is shared: 1-minute load average {load_before[0]:.1f} → {load_after[0]:.1f} on "
         f"{describe_machine().get('cores_available', '?')} cores. Wall time {time.time() - started:.0f} s.",
     ]
-    publish(
-        args.out,
-        "quant_mixed",
+    publish_results(
+        args,
         title="Mixed precision vs W8A8 at ≤ 60 % of its bytes: measured, bounded, before/after AWQ scaling",
         machine=describe_machine(),
         tables=[table, bounds],
