@@ -163,11 +163,22 @@ def test_second_run_on_the_same_out_is_refused(monkeypatch, capsys, tmp_path):
     assert names(bundle) == [MARKER, "old.txt"]
 
 
+def _ctrl_c_as_a_shell_gives_it() -> None:
+    """A child inherits whether SIGINT is ignored or blocked; in the full suite (not alone, not under CPU load)
+    the convert child twice ran to exit 0 past a SIGINT, so some earlier test or library leaves this process's
+    SIGINT ignored or blocked (not found yet: onnx/tflite/executorch/coreml conversions and grpc leave it alone).
+    A user's shell starts edgevit with the default disposition, unblocked: so does this."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_convert(tmp_path: Path, logs: Path, *args: str) -> subprocess.Popen:
     """`edgevit convert` in its own process, returned once its temporary bundle folder exists (mid-run)."""
     argv = [sys.executable, "-m", "edgevit.cli", "convert", *TINY_VIT, *args]
     env = {**os.environ, "TMPDIR": str(logs)}  # where the backend log goes
-    writer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    writer = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=_ctrl_c_as_a_shell_gives_it
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".B.tmp-*")):
         assert writer.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
