@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from benchmarks.cli import comma_list
 from benchmarks.suites.quant import ours, peers
@@ -123,3 +124,15 @@ def budget_suite_parser(prog: str, description: str, *, name: str, fractions: st
     parser.add_argument("--held-out", type=int, default=8, help="held-out images")
     parser.add_argument("--fractions", default=fractions, help="budgets, fractions of W8A8's bytes on the target")
     return parser
+
+
+def budget_subject(args: argparse.Namespace) -> tuple[Any, list[tuple[Any, ...]]]:
+    """The budget suites' model with `--calib` calibration images, and its `--held-out` images as one-input
+    batches; torch on 2 threads, as both suites measure."""
+    import torch
+
+    from benchmarks.suites.quant.subjects import loader
+
+    torch.set_num_threads(2)
+    subject = loader(args.model, 14, (args.calib, args.held_out), None)()
+    return subject, [(x,) for x in subject.held_out]

@@ -25,10 +25,8 @@ import dataclasses
 import time
 from typing import Any
 
-import torch
-
 from benchmarks.cli import publish_results
-from benchmarks.suites.quant.flags import budget_suite_parser
+from benchmarks.suites.quant.flags import budget_subject, budget_suite_parser
 
 GOAL_LATENCY_DB = 1.0  # latency-driven ≥ 1 dB above the bytes proxy at the same measured latency
 GOAL_MIXED_DB = 1.0  # mixed precision within 1 dB of W8A8 ...
@@ -42,11 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="local")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from benchmarks.suites.quant.subjects import loader
     from edgevit.compress.bitsearch import MeasuredCost, bench_units, search, settle
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
@@ -56,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from quant.mixed_precision import allocate, bytes_budget
 
     load_before = load_average()
-    subject = loader(args.model, 14, (args.calib, args.held_out), None)()
-    held = [(x,) for x in subject.held_out]
+    subject, held = budget_subject(args)
     prepared = recipe.prepare("ptq", subject.unit.module, subject.calib)
     grid = four_bit_grid(prepared, (args.target,))
     table = recipe.sensitivity(prepared, subject.calib, (4, 8))

@@ -29,10 +29,8 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
-import torch
-
 from benchmarks.cli import publish_results
-from benchmarks.suites.quant.flags import budget_suite_parser
+from benchmarks.suites.quant.flags import budget_subject, budget_suite_parser
 
 GOAL_DB = 1.0  # mixed precision within 1 dB of W8A8 ...
 GOAL_FRACTION = 0.6  # ... at ≤ 60 % of its weight bytes
@@ -98,17 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--groups", type=int, nargs="*", default=[16, 64, 128], help="extra 4-bit group sizes")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
     from benchmarks.report import Table
-    from benchmarks.suites.quant.subjects import loader
     from quant.metrics import model_outputs
 
     load_before = load_average()
-    subject = loader(args.model, 14, (args.calib, args.held_out), None)()
-    held = [(x,) for x in subject.held_out]
+    subject, held = budget_subject(args)
     reference = model_outputs(subject.unit.module, held)
     fractions = [float(f) for f in args.fractions.split(",")]
     runs = {
