@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import build_reference, official_track, write_jpgs
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
 from edgevit.video.assemble import eager_tracker
 from edgevit.video.tracker import Prompt
-from tests.models.efficienttam.reference import build_reference, official_track, write_jpgs
 
 IMAGE_SIZE = 256  # official hyper-parameters at a smaller input, for test time
 NUM_FRAMES = 8

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import OfficialTrack, build_reference, official_track, write_jpgs
 from edgevit.data.video import read_frames, sample_video
 from edgevit.models import create
 from edgevit.video.assemble import eager_tracker
 from edgevit.video.tracker import FrameResult, Prompt
-from tests.models.efficienttam.reference import OfficialTrack, build_reference, official_track, write_jpgs
 
 IMAGE_SIZE = 128  # official hyper-parameters at a small input: 28 frames on both sides in a few seconds
 NUM_FRAMES = 28  # > 7 memory slots and > 16 object pointers

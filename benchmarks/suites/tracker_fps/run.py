@@ -1,7 +1,7 @@
 """Tracker FPS and where each frame's milliseconds go, for EfficientTAM variants × runtimes, side by side.
 
 Every tracker of one variant tracks the same frames in one run: the official predictor (PyPI
-`efficient-track-anything`, imported as `sam2`, built as tests/models/efficienttam/reference.py builds it and
+`efficient-track-anything`, imported as `sam2`, built as benchmarks/peers/efficienttam_official.py builds it and
 loaded with the very weights of ours), our eager fp32 tracker, eager with bfloat16 autocast (`--bf16`), the ONNX
 fp32 bundle and the ONNX int8 bundle (`--int8`; PTQ W8A8 of all four units, memory attention included, through
 the QuantPlan). Ours run with a `FrameProfile` attached, so the per-unit times are the ones the loop pays (runtime
@@ -135,7 +135,7 @@ class Official:
 
     def __init__(self, model: torch.nn.Module, folder: Path) -> None:
         # Test-only code builds the official predictor (the package ships no configs); the suite reuses it.
-        from tests.models.efficienttam.reference import build_reference
+        from benchmarks.peers.efficienttam_official import build_reference
 
         cfg = model.cfg
         size = {192: "ti", 384: "s"}[cfg.embed_dim]
@@ -304,9 +304,9 @@ def binding_calls(path: Path, model: torch.nn.Module, args: argparse.Namespace, 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the official predictor's progress bars (read when sam2 loads)
+    from benchmarks.peers.efficienttam_official import write_jpgs
     from edgevit.data.video import read_frames, sample_video
     from edgevit.video.calibration import centre_click
-    from tests.models.efficienttam.reference import write_jpgs
 
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 220)

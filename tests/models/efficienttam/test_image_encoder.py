@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import official_config, randomize_
 from edgevit.models.efficienttam.config import VARIANTS
 from edgevit.models.efficienttam.image_encoder import ImageEncoder
-from tests.models.efficienttam.reference import official_config, randomize_
 
 CFG = dataclasses.replace(VARIANTS["ti"], image_size=256)  # 16x16 features: window blocks pad 16 -> 28
 

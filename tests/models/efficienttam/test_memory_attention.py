@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import official_config
 from edgevit.models.efficienttam.config import VARIANTS
 from edgevit.models.efficienttam.memory_attention import MemoryAttention
 from edgevit.models.efficienttam.position import apply_rope, axial_rope_tables
-from tests.models.efficienttam.reference import official_config
 
 CFG = dataclasses.replace(VARIANTS["ti"], image_size=256)  # 16x16 tokens, M = 7*256 + 64
 HW = CFG.feat_size**2

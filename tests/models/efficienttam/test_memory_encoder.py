@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import official_config
 from edgevit.models.efficienttam.config import VARIANTS
 from edgevit.models.efficienttam.memory_encoder import MemoryEncoder
-from tests.models.efficienttam.reference import official_config
 
 CFG = dataclasses.replace(VARIANTS["ti"], image_size=256)
 

@@ -7,11 +7,11 @@ import hashlib
 import pytest
 import torch
 
+from benchmarks.peers.efficienttam_official import build_reference
 from converters.bundle import Weights
 from edgevit.bundle import weights_of
 from edgevit.errors import EdgevitError
 from edgevit.models import create
-from tests.models.efficienttam.reference import build_reference
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.peers.efficienttam_official import build_reference
 from edgevit.models.efficienttam.config import EfficientTAMConfig
 from edgevit.models.efficienttam.mask_decoder import MaskDecoder
 from edgevit.models.efficienttam.prompt_encoder import PAD_LABEL, UNUSED_LABEL, PromptEncoder
@@ -20,7 +21,6 @@ from edgevit.video.mask_selection import (
     stability_scores,
     use_multimask,
 )
-from tests.models.efficienttam.reference import build_reference
 
 IMAGE_SIZE = 256
 CFG = EfficientTAMConfig(embed_dim=192, num_heads=3, image_size=IMAGE_SIZE)

@@ -15,11 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgevit.data.video import read_frames, sample_video
-from edgevit.models import create
-from edgevit.video.assemble import eager_tracker
-from edgevit.video.tracker import Prompt
-from tests.models.efficienttam.reference import (
+from benchmarks.peers.efficienttam_official import (
     TRUNK,
     build_reference,
     official_config,
@@ -27,6 +23,10 @@ from tests.models.efficienttam.reference import (
     randomize_,
     write_jpgs,
 )
+from edgevit.data.video import read_frames, sample_video
+from edgevit.models import create
+from edgevit.video.assemble import eager_tracker
+from edgevit.video.tracker import Prompt
 
 S_FRAMES = 6  # prompted frame + 5 tracked ones: the bank holds memories at 5 of its 7 slots
 

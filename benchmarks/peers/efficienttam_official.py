@@ -2,7 +2,8 @@
 
 The package ships no YAML configs, so the official configs' hyper-parameters are written here as a dict and
 instantiated with hydra, exactly as `build_sam2_video_predictor` would after composing the YAML.
-Test-only: the reference never enters the package.
+The parity tests (tests/models/efficienttam, tests/video) and the tracker benchmark's official predictor both
+build it here; it never enters the edgevit package.
 """
 
 from __future__ import annotations
