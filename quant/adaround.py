@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from quant.fake_quant import FakeQuantize
+from quant.fake_quant import FakeQuantize, accumulator_bias
 from quant.layer_ops import layer_inputs
 from quant.layer_search import layer_forward
 from quant.plan import LayerQuant, TensorQParams
@@ -56,6 +56,9 @@ class AdaRoundLayer(nn.Module):
         super().__init__()
         self.inner, self.kind, self.mode = inner, layer.kind, "soft"
         self.input_quant = nn.ModuleList(_STEQuantize(q) for q in layer.inputs)
+        # A conv with an output grid runs as the artifact's integer conv: output rounded, bias on the int32 grid.
+        self.output_quant = _STEQuantize(layer.output) if layer.output is not None else None
+        self.register_buffer("bias_q", accumulator_bias(inner, layer) if layer.output is not None else None)
         self.v: nn.Parameter | None = None
         if layer.weight is None or self.kind == "matmul":
             return
@@ -93,4 +96,5 @@ class AdaRoundLayer(nn.Module):
     def forward(self, *args: Tensor) -> Tensor:
         inputs = [fq(t) for fq, t in zip(self.input_quant, layer_inputs(self.inner, args), strict=True)]
         weight = self.weight_q() if self.v is not None else None
-        return layer_forward(self.inner, self.kind, inputs, weight)
+        out = layer_forward(self.inner, self.kind, inputs, weight, self.bias_q)
+        return out if self.output_quant is None else self.output_quant(out)

@@ -327,7 +327,7 @@ class FakeQuantLayer(nn.Module):
         # An int8-output conv holds its bias as int32 on the accumulator's grid (input scale x weight scale): the
         # integer kernel adds it before rounding the output, so a float bias would move outputs across levels.
         self.output_quant = FakeQuantize(layer.output) if layer.output is not None else None
-        self.register_buffer("bias_q", _accumulator_bias(inner, layer) if layer.output is not None else None)
+        self.register_buffer("bias_q", accumulator_bias(inner, layer) if layer.output is not None else None)
 
     def forward(self, *args: Tensor) -> Tensor:
         inputs = [fq(t) for fq, t in zip(self.input_quant, layer_inputs(self.inner, args), strict=True)]
@@ -335,7 +335,7 @@ class FakeQuantLayer(nn.Module):
         return out if self.output_quant is None else self.output_quant(out)
 
 
-def _accumulator_bias(module: nn.Module, layer: LayerQuant) -> Tensor | None:
+def accumulator_bias(module: nn.Module, layer: LayerQuant) -> Tensor | None:
     """The layer's bias rounded onto its int32 accumulator grid (input scale x per-channel weight scale)."""
     if module.bias is None or layer.weight is None:
         return None

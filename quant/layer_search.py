@@ -81,10 +81,11 @@ class TensorQuantizer:
     ch_axis: int | None
     label: str
     clamped: bool = False
+    restricted: bool = True  # a symmetric grid's [-(2^(b-1) - 1), 2^(b-1) - 1]; activations take the full range
 
     @property
     def range(self) -> tuple[int, int]:
-        return quant_range(self.bits, self.symmetric)
+        return quant_range(self.bits, self.symmetric and self.restricted)
 
     def __call__(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.scale, self.zero_point, *self.range, ch_axis=self.ch_axis)
@@ -212,11 +213,14 @@ class LayerSearcher:
                     )
                 yield family
         if "symmetric" in self.config.act_schemes:
+            # Full signed range, zero point 0: what a runtime's int8 activation holds (onnxruntime's QuantizeLinear
+            # saturates at the type's ends, so a restricted activation grid would clip at +127 in the plan and at
+            # +128 in the artifact: every clipped value one level apart).
             amax = torch.maximum(lo.abs(), hi.abs())
             family = []
             for a in self.grid:
                 scale, zp = qparams_from_range(-amax * a, amax * a, bits, symmetric=True)
-                family.append(TensorQuantizer(bits, True, granularity, scale, zp, ch_axis, "hessian"))
+                family.append(TensorQuantizer(bits, True, granularity, scale, zp, ch_axis, "hessian", restricted=False))
             yield family
 
     def search_act(

@@ -23,6 +23,10 @@ Per layer, on calibration samples and alternating weights and activations for `r
   keeps 0 exactly representable (padding, masks) and every backend's zero-point check satisfied, and that
   clamped candidate then competes with the widened and symmetric ones on the loss.
 Min-max is scored too and kept if the search did not beat it, so the search is never worse on its metric.
+- output grids, for the convs `quant.layer_ops.quantizes_output` names (what calibration gives them too): with the
+  weight and inputs chosen, the output's grid is searched on the same families and grid, scored by the same loss on
+  the output the integer conv writes (rounded, bias on the int32 accumulator grid), min-max kept if better. Without
+  one, onnxruntime cannot fuse the conv into QLinearConv and the plan's convs stay float kernels in the artifact.
 
 Log2 quantizers for post-softmax/post-GELU values are not offered: a plan entry is uniform integer qparams
 (that is what XNNPACK, ORT QDQ and Core ML run), and softmax outputs are never a quantized input here.
@@ -37,11 +41,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from rich.progress import Progress
 from torch import nn
 
-from quant.fake_quant import Batch, materialize_batches, quantizable_layers
-from quant.layer_search import LayerSearcher, SearchConfig
+from quant.fake_quant import Batch, accumulator_bias, materialize_batches, quantizable_layers
+from quant.layer_ops import layer_forward, quantizes_output
+from quant.layer_search import LayerSearcher, SearchConfig, TensorQuantizer
+from quant.observers import qparams_from_range
 from quant.output_hessian import LayerData, collect_layer_data, execution_groups
 from quant.plan import Granularity, LayerKind, LayerQuant, QuantPlan
 
@@ -57,6 +64,7 @@ class LayerSearch:
     weight_granularity: Granularity | None
     act_choices: list[str]
     zero_point_clamped: bool
+    output_choice: str | None = None
 
     @property
     def gain_db(self) -> float:
@@ -75,7 +83,8 @@ class SearchResult:
 def _search_layer(
     name: str, d: LayerData, weight_bits: int, act_bits: int, config: SearchConfig, method: str
 ) -> tuple[LayerQuant, LayerSearch]:
-    wq, aqs, loss, minmax_loss = LayerSearcher(d, weight_bits, act_bits, config).run()
+    searcher = LayerSearcher(d, weight_bits, act_bits, config)
+    wq, aqs, loss, minmax_loss = searcher.run()
     weight = wq.tensor_qparams() if wq is not None else None
     layer = LayerQuant(
         name=name,
@@ -85,6 +94,9 @@ def _search_layer(
         inputs=[q.tensor_qparams() for q in aqs],
         weight_shape=list(d.module.weight.shape) if weight is not None else [],
     )
+    oq = _search_output(searcher, layer, wq, aqs) if quantizes_output(d.module) else None
+    if oq is not None:
+        layer.output = oq.tensor_qparams()
     report = LayerSearch(
         name=name,
         kind=d.kind,
@@ -92,9 +104,32 @@ def _search_layer(
         minmax_loss=minmax_loss,
         weight_granularity=wq.granularity if wq is not None else None,
         act_choices=[f"{q.granularity},{'symmetric' if q.symmetric else 'asymmetric'},{q.label}" for q in aqs],
-        zero_point_clamped=any(q.clamped for q in aqs),
+        zero_point_clamped=any(q.clamped for q in aqs) or (oq is not None and oq.clamped),
+        output_choice=None if oq is None else f"{'symmetric' if oq.symmetric else 'asymmetric'},{oq.label}",
     )
     return layer, report
+
+
+@torch.no_grad()
+def _search_output(
+    searcher: LayerSearcher, layer: LayerQuant, wq: TensorQuantizer | None, aqs: list[TensorQuantizer]
+) -> TensorQuantizer:
+    """The per-tensor output grid (the only one QLinearConv takes) for the chosen weight and input grids."""
+    d = searcher.d
+    bias = accumulator_bias(d.module, layer)
+    out = layer_forward(
+        d.module, d.kind, [q(t) for q, t in zip(aqs, d.inputs, strict=True)], searcher.quant_weight(wq), bias
+    )
+    bits = searcher.act_bits
+    scale, zp = qparams_from_range(d.output.min().reshape(1), d.output.max().reshape(1), bits, symmetric=False)
+    best = TensorQuantizer(bits, False, "per_tensor", scale, zp, None, "minmax")
+    best_loss = float(searcher.loss(best(out)))
+    for family in searcher.act_candidates(d.output, "per_tensor"):
+        for q in family:
+            loss = float(searcher.loss(q(out)))
+            if loss < best_loss:
+                best, best_loss = q, loss
+    return best
 
 
 def hessian_search(
@@ -139,6 +174,7 @@ def hessian_search(
             "max_samples": config.max_samples,
             "zero_points_clamped": sum(r.zero_point_clamped for r in report.values()),
             "minmax_kept": sum(r.loss == r.minmax_loss for r in report.values()),
+            "output_grids": sum(layer.output is not None for layer in layers.values()),
         },
     }
     return SearchResult(plan=QuantPlan(layers=layers, metadata=metadata), layers=report)

@@ -4,7 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from converters import DeployUnit
+from converters.quantized import convert_quantized
+from converters.targets.onnx.runner import optimized_op_counts
 from edgevit.models import create
+from quant.adaround import AdaRoundLayer
 from quant.bn_fold import fold_batchnorm
 from quant.errors import QuantError
 from quant.fake_quant import FakeQuantize, FakeQuantLayer, apply_plan, calibrate, strip_fake_quant
@@ -134,3 +138,33 @@ def test_bridges_of_another_model_are_refused(model, data) -> None:
     other = make_tiny_hybrid(seed=1)
     with pytest.raises(QuantError, match="not a module of this model"):
         qhyvit_quantize(model, calib, other.bridge_blocks(), iters=1, search=FAST, progress=False)
+
+
+def test_plan_keeps_conv_output_grids_the_onnx_artifact_runs(model, tmp_path) -> None:
+    """The scale search rebuilt every plan entry without `LayerQuant.output`: a qhyvit plan of a hybrid had no conv
+    output grids where a ptq plan has them, so its ONNX convs were left float kernels instead of QLinearConv. The
+    grids sit on the same convs, and reconstruction rounds each conv's output and bias as the artifact will."""
+    images = [x[i : i + 1] for x in image_batches(2, batch=4, seed=3) for i in range(4)]
+    ptq = calibrate(model, images[:6], progress=False)
+    coarse = SearchConfig(grid=(0.3, 0.44, 0.58, 0.72, 0.86, 1.0), rounds=1, max_samples=16)
+    fq, plan = qhyvit_quantize(model, images[:6], model.bridge_blocks(), 8, 8, iters=2, search=coarse, progress=False)
+    graded = sorted(name for name, lq in plan.layers.items() if lq.output is not None)
+    assert graded and graded == sorted(name for name, lq in ptq.layers.items() if lq.output is not None)
+    assert plan.metadata["search"]["output_grids"] == len(graded)
+
+    # Learned rounding is trained on what the artifact runs: the conv's output rounded, its bias on the int32 grid.
+    name = graded[len(graded) // 2]
+    inner = strip_fake_quant(fq).get_submodule(name)
+    x = torch.randn(2, inner.in_channels, 8, 8)
+    recon = AdaRoundLayer(inner, plan.layers[name])
+    recon.mode = "nearest"
+    assert torch.equal(recon(x), FakeQuantLayer(inner, plan.layers[name])(x))
+
+    floats = strip_fake_quant(fq)
+    unit = DeployUnit("hybrid", floats, (images[0],), ("image",), ("logits",))
+    art = convert_quantized(unit, "onnx", plan, tmp_path, parity_inputs=[(x,) for x in images[6:]])
+    print(f"qhyvit W8A8 ONNX vs its fake-quant model: {art.parity['logits'].sqnr_db:.1f} dB")
+    # The plan's own integer arithmetic: 139 dB here, 27 while symmetric activation grids stopped at ±127.
+    assert art.parity["logits"].sqnr_db >= 40.0
+    kernels = optimized_op_counts(art.path)
+    assert (kernels["QLinearConv"], kernels["ConvInteger"], kernels["Conv"]) == (len(graded), 0, 0)

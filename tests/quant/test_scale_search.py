@@ -7,6 +7,7 @@ from torch import nn
 from quant.bn_fold import fold_batchnorm
 from quant.errors import QuantError
 from quant.fake_quant import apply_plan, calibrate
+from quant.layer_ops import quantizes_output
 from quant.layer_search import guard_zero_point
 from quant.metrics import model_outputs, outputs_sqnr
 from quant.observers import fake_quantize, quant_range
@@ -58,6 +59,19 @@ def test_plan_is_complete_and_serialisable(hybrid, searched) -> None:
         assert layer.inputs[0].granularity == "per_tensor" and layer.inputs[0].bits == 8
     again = QuantPlan.from_json(plan.to_json())
     assert again.layers["stages.2.1.transformer.0.attn.qkv"] == plan.layers["stages.2.1.transformer.0.attn.qkv"]
+
+
+def test_activation_and_output_grids_are_what_the_runtimes_hold(hybrid, searched) -> None:
+    """Every conv calibration gives an output grid gets one here too (QLinearConv needs it), and a symmetric activation
+    grid spans the full int8 range: onnxruntime saturates at -128/127, so a restricted ±127 grid clipped at +127 in
+    the plan and at +128 in the artifact (a qhyvit artifact was 22 dB from its own plan, 139 dB with full range)."""
+    model, _, _ = hybrid
+    plan = searched[(4, 8)].plan
+    graded = [n for n, lq in plan.layers.items() if lq.output is not None]
+    assert graded == [n for n in plan.layers if quantizes_output(model.get_submodule(n))] and graded
+    grids = [q for lq in plan.layers.values() for q in (*lq.inputs, lq.output) if q is not None]
+    assert any(q.symmetric for q in grids)
+    assert all((q.quant_min, q.quant_max) == (-128, 127) for q in grids)
 
 
 def test_guard_clamps_an_overflowing_zero_point() -> None:

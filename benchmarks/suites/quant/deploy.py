@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,19 @@ def _safe_sqnr(ws: Workspace, method: str) -> float:
         return ws.fake_quant_scores(method, 8, 8)["sqnr_db"]
     except Exception:
         return float("-inf")  # a method that cannot even be planned is never the best one
+
+
+def _counting_cpu(fn: Callable[[], Any], seconds: list[float]) -> Callable[[], Any]:
+    """`fn`, appending the process CPU time (every thread's) each call takes to `seconds`."""
+
+    def run() -> Any:
+        start = time.process_time()
+        try:
+            return fn()
+        finally:
+            seconds.append(time.process_time() - start)
+
+    return run
 
 
 def _fp32_artifact(ws: Workspace, target: str) -> tuple[Path, dict[str, Any]]:
@@ -165,10 +179,12 @@ def time_deployed(ws: Workspace, threads: int) -> dict[str, Any]:
         fns[label] = lambda r=runner: r.run(x.numpy())
     set_threads(threads)  # after loading the runners: ExecuTorch's pool is process-wide, torch's must match
     load_before = load_average()
+    cpu: dict[str, list[float]] = {label: [] for label in fns}
     try:
-        stats = interleaved(fns, warmup=args.warmup, runs=args.runs)
+        stats = interleaved({k: _counting_cpu(fn, cpu[k]) for k, fn in fns.items()}, warmup=args.warmup, runs=args.runs)
     finally:
         set_threads(args.work_threads)
+    cpu_ms = {k: 1000.0 * statistics.median(v[args.warmup :]) for k, v in cpu.items()}
     return {
         "model": ws.subject.name,
         "kind": "timing",
@@ -177,6 +193,10 @@ def time_deployed(ws: Workspace, threads: int) -> dict[str, Any]:
         "runs": args.runs,
         "warmup": args.warmup,
         "stats": {k: v.to_dict() for k, v in stats.items()},
+        # CPU time of the whole process per call, and over the wall time: near `threads` on idle cores; on a saturated
+        # machine every peer gets about the same share whatever its thread count, so wall ratios follow CPU time.
+        "cpu_ms": {k: round(v, 1) for k, v in cpu_ms.items()},
+        "cpu_per_wall": {k: round(cpu_ms[k] / (1000.0 * stats[k].median), 2) for k in stats},
         "not_run": skipped,
         "load_average_before": load_before,
         "load_average_after": load_average(),
