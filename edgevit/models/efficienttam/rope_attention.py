@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.models.efficienttam.position import apply_rope
+from quant.modules import MatMul
 
 # Bias for invalid keys. Finite so that a row with no valid key gives no NaN; exp(-3e4) is exactly 0 in
 # fp32, fp16 and bf16, and -3e4 still fits in fp16 (max 65504).
@@ -35,7 +36,15 @@ class RoPEAttention(nn.Module):
     of the keys then stays within Core ML's rank limit of 5) and the head axis is added by reshapes only
     for SDPA, whose ONNX lowering takes 4-D tensors (reshapes, not unsqueeze/select, which XNNPACK leaves
     undelegated).
+
+    `explicit_matmuls` (set on the quantization copy by `edgevit.pipeline.passes.quant_recipe.prepare`, as for
+    the image encoder's attention) computes Q·Kᵀ and A·V with the `MatMul` modules `qk` and `av`, so a plan
+    quantizes them by name and ONNX Runtime runs them int8: in ti_512_1's int8 memory attention the four layers'
+    float attention matmuls were 43 % of the unit's kernel time (1024 queries × 1856 pooled keys × 256 channels
+    in cross-attention, 1024 × 1024 × 256 in self-attention), each ~2× slower per FLOP than its int8 GEMMs.
     """
+
+    explicit_matmuls = False
 
     def __init__(self, d_model: int, kv_in_dim: int, num_rope_frames: int) -> None:
         super().__init__()
@@ -44,6 +53,8 @@ class RoPEAttention(nn.Module):
         self.k_proj = nn.Linear(kv_in_dim, d_model)
         self.v_proj = nn.Linear(kv_in_dim, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.qk = MatMul()
+        self.av = MatMul()
 
     def forward(
         self,
@@ -61,9 +72,13 @@ class RoPEAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         """SDPA on projected, rotated [B, N, C] / [B, M, C] tokens with a [B, 1, 1, M] additive bias."""
         (b, n, c), m = q.shape, k.shape[1]
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, 1, n, c), k.reshape(b, 1, m, c), v.reshape(b, 1, m, c), attn_mask=attn_bias
-        )
+        q, k, v = q.reshape(b, 1, n, c), k.reshape(b, 1, m, c), v.reshape(b, 1, m, c)
+        if self.explicit_matmuls:
+            scores = self.qk(q * c**-0.5, k.transpose(-2, -1))  # Kᵀ of a 4-D view, as converters.sdpa writes it
+            attn = (scores if attn_bias is None else scores + attn_bias).softmax(dim=-1)
+            out = self.av(attn, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return self.out_proj(out.reshape(b, n, c))
 
     def _rope_keys(self, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
