@@ -136,17 +136,21 @@ def quantized_output_error(
     hi = ((stats.max_val - shift) / scale).amax()
     a_scale, a_zp = qparams_from_range(lo, hi, act_bits, symmetric=False)
     x_q = fake_quantize(x_s, a_scale, a_zp, *quant_range(act_bits, symmetric=False))
-    w_qmin, w_qmax = quant_range(weight_bits, symmetric=True)
     error = 0.0
     for w in weights:
         w_s = w.detach() * scale
-        amax = w_s.abs().amax(dim=1)
-        w_scale, w_zp = qparams_from_range(-amax, amax, weight_bits, symmetric=True)
-        w_q = fake_quantize(w_s, w_scale, w_zp, w_qmin, w_qmax, ch_axis=0)
+        w_q = per_channel_weight(w_s, weight_bits)
         reference = x_s @ w_s.T
         signal = (x @ w.detach().T).pow(2).sum().clamp(min=1e-30)
         error += ((x_q @ w_q.T - reference).pow(2).sum() / signal).item()
     return error
+
+
+def per_channel_weight(w: Tensor, bits: int) -> Tensor:
+    """`w` fake-quantized per output channel, symmetric min-max: the weight grid of uniform plans."""
+    amax = w.abs().amax(dim=1)
+    scale, zero_point = qparams_from_range(-amax, amax, bits, symmetric=True)
+    return fake_quantize(w, scale, zero_point, *quant_range(bits, symmetric=True), ch_axis=0)
 
 
 @torch.no_grad()
@@ -223,16 +227,21 @@ def check_targets(model: nn.Module, layers: Iterable[str] | None) -> list[str]:
 
 @torch.no_grad()
 def held_out_stats(
-    model: nn.Module, batches: Sequence, names: Sequence[str], max_rows: int, progress: bool
+    model: nn.Module, batches: Sequence, names: Sequence[str], max_rows: int, progress: bool, fed_only: bool = False
 ) -> tuple[Any, dict, dict, dict[str, str]]:
     """What SQ-b and AWQ choose their scales from: the float output on the first batch (to check the folded model
     against), each named Linear's input statistics on a fit split and on a held-out split of the calibration
-    batches (choosing on the batches it was fitted on overfits), and the LayerNorm feeding each."""
+    batches (choosing on the batches it was fitted on overfits), and the LayerNorm feeding each. `fed_only`
+    observes only the Linears a LayerNorm feeds (AWQ scales no other): half the Linears of a ViT block."""
     reference = model_outputs(model, batches[:1])
+    feeds = layernorm_feeds(model, batches[0], names) if fed_only else None
+    observed = [n for n in names if feeds is None or n in feeds]
     fit_batches, held_batches = holdout_split(batches)
-    fit = collect_input_stats(model, fit_batches, names, max_rows, progress)
-    held = collect_input_stats(model, held_batches, names, max_rows, progress)
-    return reference, fit, held, layernorm_feeds(model, batches[0], [n for n in names if n in fit])
+    fit = collect_input_stats(model, fit_batches, observed, max_rows, progress)
+    held = collect_input_stats(model, held_batches, observed, max_rows, progress)
+    if feeds is None:
+        feeds = layernorm_feeds(model, batches[0], [n for n in observed if n in fit])
+    return reference, fit, held, feeds
 
 
 def smooth_quant_(

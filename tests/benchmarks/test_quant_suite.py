@@ -32,10 +32,13 @@ def tiny_subject() -> Subject:
     model = make_tiny_vit()
     images = [x[:1] for x in image_batches(10, batch=1, seed=3)]
     with torch.no_grad():
-        labels = torch.cat([model(x).argmax(-1) for x in images[6:]])
+        top2 = [model(x)[0].topk(2).values for x in images[6:]]
+        # a draw whose top two fp32 logits are near-tied (one is 0.005 apart) flips under any 8-bit plan's noise
+        held = [x for x, t in zip(images[6:], top2, strict=True) if t[0] - t[1] > 0.02]
+        labels = torch.cat([model(x).argmax(-1) for x in held])
     unit = DeployUnit("model", model, (images[0],), ("image",), ("logits",))
     sources = {"calibration": "noise, seed 3", "held_out": "noise, seed 3 (other draws)"}
-    return Subject("tiny_vit", unit, images[:6], images[6:], labels, True, "random", sources)
+    return Subject("tiny_vit", unit, images[:6], held, labels, True, "random", sources)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,12 @@ from benchmarks.suites.quant.report import (
 )
 
 
-def _ok(rows: Iterator[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+def _ok(rows: Iterator[dict[str, Any]], metric: str = "sqnr_db", **match: Any) -> list[dict[str, Any]]:
+    """The rows that ran, match every `match` field and have a finite `metric`."""
     return [
         r
         for r in rows
-        if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items()) and _finite(r.get("sqnr_db"))
+        if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items()) and _finite(r.get(metric))
     ]
 
 
@@ -36,35 +37,46 @@ def _name(r: dict[str, Any]) -> str:
     return f"{r['method']} ({r['variant']})"
 
 
-def goal_margin_over_peers(models: dict[str, Any]) -> str | None:
-    """At static W8A8 on DINOv2-S, our best method >= 3 dB SQNR above the best static peer on held-out images."""
+def goal_margin_over_peers(models: dict[str, Any]) -> list[str]:
+    """At static W8A8 on DINOv2-S, our best method >= 3 dB SQNR above the best static peer on the held-out video
+    frames (the goal: "not only photos"), and the same on the whole held-out set beside it."""
     if DINOV2 not in models:
-        return None
+        return []
     rows = list(rows_of({DINOV2: models[DINOV2]}, "uniform"))
-    mine = _ok(iter(rows), origin="ours", bits="W8A8")
-    theirs = _ok(iter(rows), origin="peer", bits="W8A8")
-    if not mine or not theirs:
-        return f"Goal (DINOv2-S W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB over the best static peer): not measured."
-    best, peer = max(mine, key=lambda r: r["sqnr_db"]), max(theirs, key=lambda r: r["sqnr_db"])
-    margin = best["sqnr_db"] - peer["sqnr_db"]
-    verdict = (
-        f"met by {margin - MARGIN_OVER_PEER_DB:.2f} dB"
-        if margin >= MARGIN_OVER_PEER_DB
-        else f"missed by {MARGIN_OVER_PEER_DB - margin:.2f} dB"
-    )
-    artifact = _our_onnx_sqnr(models, best["method"])
-    return (
-        f"Goal, DINOv2-S static W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB above the best static peer: ours {_name(best)} "
-        f"{best['sqnr_db']:.1f} dB{artifact} vs {_name(peer)} {peer['sqnr_db']:.1f} dB ({peer['evaluated']}): "
-        f"margin {margin:+.2f} dB — {verdict}."
-    )
+    where = f"Goal, DINOv2-S static W8A8 ≥ {MARGIN_OVER_PEER_DB:g} dB above the best static peer"
+    lines = []
+    for key, on in (("video_sqnr_db", "held-out video frames"), ("sqnr_db", "whole held-out set")):
+        mine = _ok(iter(rows), origin="ours", bits="W8A8", metric=key)
+        theirs = _ok(iter(rows), origin="peer", bits="W8A8", metric=key)
+        if not mine or not theirs:
+            lines.append(f"{where}, {on}: not measured.")
+            continue
+        best, peer = max(mine, key=lambda r: r[key]), max(theirs, key=lambda r: r[key])
+        margin = best[key] - peer[key]
+        verdict = (
+            f"met by {margin - MARGIN_OVER_PEER_DB:.2f} dB"
+            if margin >= MARGIN_OVER_PEER_DB
+            else f"missed by {MARGIN_OVER_PEER_DB - margin:.2f} dB"
+        )
+        lines.append(
+            f"{where}, {on}: ours {_name(best)} {best[key]:.1f} dB{_our_onnx_sqnr(models, best, key)} vs "
+            f"{_name(peer)} {peer[key]:.1f} dB ({peer['evaluated']}): margin {margin:+.2f} dB — {verdict}."
+        )
+    return lines
 
 
-def _our_onnx_sqnr(models: dict[str, Any], method: str) -> str:
+def _our_onnx_sqnr(models: dict[str, Any], ours: dict[str, Any], key: str) -> str:
+    """Our int8 ONNX of the same method at W8A8, scored in onnxruntime on the same held-out images."""
     rows = _ok(
-        rows_of({DINOV2: models[DINOV2]}, "deploy"), kind="artifact", target="onnx", origin="ours", method=method
+        rows_of({DINOV2: models[DINOV2]}, "deploy"),
+        kind="artifact",
+        target="onnx",
+        origin="ours",
+        method=ours["method"],
+        bits="W8A8",
+        metric=key,
     )
-    return f" (its int8 ONNX in onnxruntime: {rows[0]['sqnr_db']:.1f} dB)" if rows else ""
+    return f" (its int8 ONNX in onnxruntime: {rows[0][key]:.1f} dB)" if rows else ""
 
 
 def goal_onnx_faster(models: dict[str, Any]) -> list[str]:
@@ -173,5 +185,5 @@ def _static_note(static: dict[str, Any] | None, speedup: dict[str, float]) -> st
 
 
 def goals(models: dict[str, Any]) -> list[str]:
-    found = [goal_margin_over_peers(models), *goal_onnx_faster(models), *goal_mixed(models), *goal_encoder(models)]
+    found = [*goal_margin_over_peers(models), *goal_onnx_faster(models), *goal_mixed(models), *goal_encoder(models)]
     return [line for line in found if line]

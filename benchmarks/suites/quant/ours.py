@@ -18,7 +18,10 @@ from edgevit.pipeline.passes.quant_recipe import PLAN_METHODS, SENSITIVITY_IMAGE
 from quant.errors import QuantError
 from quant.plan import QuantPlan
 
-VARIANTS = {"ptq": "BN folded, min-max", "mptq": "SQ-b (α searched at these bits) + min-max"}
+VARIANTS = {
+    "ptq": "BN folded, AWQ at 8-bit weights, min-max",
+    "mptq": "SQ-b (α searched at these bits), AWQ at 8-bit weights, min-max",
+}
 MIXED_NOTES = {
     "ptq": "",
     "mptq": "SQ-b's α searched at W8A8, kept for every layer's width",
@@ -38,9 +41,13 @@ __all__ = [
 
 
 def prepare(method: str, module: nn.Module, calib: Sequence[Tensor], bits: tuple[int, int] = (8, 8)) -> Prepared:
-    """Fold, smooth (mptq, α searched for `bits`) and calibrate a copy of `module`, as the quant pass does; the
-    caller's model is left as it is."""
-    return recipe.prepare(method, module, calib, bits)
+    """Fold, smooth (mptq, α searched for `bits`) and calibrate a copy of `module`, then, for 8-bit weights, scale
+    the LayerNorm-fed Linears' inputs (AWQ), as the quant pass does for a uniform plan; the caller's model is
+    left as it is. (Mixed plans prepare through `mixed_plans`, without AWQ, as the pass does.)"""
+    prepared = recipe.prepare(method, module, calib, bits)
+    if bits[0] == 8:
+        recipe.scale_for_8bit(prepared, calib, bits[1])
+    return prepared
 
 
 def uniform_plan(prepared: Prepared, weight_bits: int, act_bits: int) -> QuantPlan:

@@ -55,6 +55,7 @@ def uniform_table(models: dict[str, Any]) -> Table:
             "bits",
             "evaluated in",
             "SQNR dB",
+            "video SQNR dB",
             "top-1 agree",
             "accuracy",
             "int weights MB",
@@ -62,8 +63,9 @@ def uniform_table(models: dict[str, Any]) -> Table:
             "note",
         ],
         notes=[
-            "SQNR over every output value of every held-out image vs the fp32 model; top-1 agreement with fp32's "
-            "arg-max (classifiers); accuracy against true labels where the model has them (digits).",
+            "SQNR over every output value of every held-out image vs the fp32 model; video SQNR over the held-out "
+            "video frames alone (packaged models); top-1 agreement with fp32's arg-max (classifiers); accuracy "
+            "against true labels where the model has them (digits).",
             "int weights MB: ours = packed payload of the plan's quantized weights at their bits; peers = the "
             "integer weight bytes their artifact stores (the PT2E graph stores 4/6-bit ranges as int8).",
             "ours run as fake-quant in torch (the plan the converters lower; deploy shows the real artifacts); "
@@ -81,6 +83,7 @@ def uniform_table(models: dict[str, Any]) -> Table:
                 r["bits"],
                 r["evaluated"],
                 r.get("sqnr_db"),
+                r.get("video_sqnr_db"),
                 r.get("top1_agreement"),
                 r.get("accuracy"),
                 _mb(r.get("weight_bytes")),

@@ -31,7 +31,9 @@ ENCODER_NAME = "efficienttam_s_512"
 class Subject:
     """One model under test: its deploy unit and the images every method is calibrated and judged on.
 
-    `calib` and `held_out` are inputs as the unit takes them (one tensor per image). `latency_only` subjects
+    `calib` and `held_out` are inputs as the unit takes them (one tensor per image); `held_out_video` says which
+    held-out inputs are video frames, scored apart as well (a method may hold on photos and not on frames,
+    which are darker, blurred and compressed). `latency_only` subjects
     (random weights) get artifacts and timings but no accuracy rows: SQNR of random weights judges nothing.
     """
 
@@ -45,6 +47,7 @@ class Subject:
     sources: dict[str, str]
     latency_only: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    held_out_video: list[int] = field(default_factory=list)  # indices into `held_out` that are video frames
 
     @property
     def model(self) -> nn.Module:
@@ -62,6 +65,7 @@ class Subject:
             "calibration_images": len(self.calib),
             "held_out_images": len(self.held_out),
             "labels": None if self.labels is None else len(self.labels),
+            "held_out_video_frames": len(self.held_out_video),
             "sources": self.sources,
             "latency_only": self.latency_only,
             **self.info,
@@ -87,11 +91,14 @@ def _single_image_subject(
     unit: DeployUnit | None = None,
     latency_only: bool = False,
 ) -> Subject:
-    """A subject from RGB arrays, preprocessed as the model's spec says and shaped as the unit takes them."""
-    from edgevit.data.images import preprocess
+    """A subject from RGB arrays (`packaged_pictures`: the held-out photos first, then the video frames),
+    preprocessed as the model's spec says and shaped as the unit takes them."""
+    from edgevit.data.images import SKLEARN_PHOTOS, builtin_photos, preprocess
 
     unit = unit or model.deploy_units()[0]
     calib_rgb, held_rgb, sources = images
+    photos = sum(p.name in SKLEARN_PHOTOS for p in builtin_photos())
+    held_from = spread(range(len(held_rgb)), limits[1])
 
     def prepare(arrays: list[np.ndarray], count: int) -> list[Tensor]:
         return [unit_input(unit, preprocess(a, model.spec), model.spec) for a in spread(arrays, count)]
@@ -106,6 +113,7 @@ def _single_image_subject(
         weights=weights,
         sources=sources,
         latency_only=latency_only,
+        held_out_video=[i for i, source in enumerate(held_from) if source >= photos],
     )
 
 

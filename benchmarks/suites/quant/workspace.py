@@ -46,10 +46,11 @@ class Workspace:
         return [x.numpy() for x in self.subject.calib]
 
     def prepared(self, method: str, bits: tuple[int, int]) -> ours.Prepared:
-        """The model `method` plans on; ptq's is the same at every bit-width, mptq's smoothing is per bits."""
-        key = bits if method == "mptq" else (8, 8)
+        """The model `method` plans on; mptq's smoothing is per bits, 8-bit weights get AWQ input scaling as the
+        quant pass gives them (`ours.prepare`), ptq's other widths share one."""
+        key = bits if method == "mptq" or bits[0] == 8 else (None, None)
         return self.memo(
-            ("prepared", method, key), lambda: ours.prepare(method, self.subject.model, self.subject.calib, key)
+            ("prepared", method, key), lambda: ours.prepare(method, self.subject.model, self.subject.calib, bits)
         )
 
     def fake_quant_scores(self, method: str, weight_bits: int, act_bits: int) -> dict[str, Any]:
@@ -119,15 +120,21 @@ def runner_outputs(runner: Any, inputs: list[Tensor]) -> list[list[Tensor]]:
 
 
 def score(ws: Workspace, outputs: list[list[Tensor]]) -> dict[str, Any]:
-    """SQNR vs fp32 over every output of every held-out image; top-1 agreement and accuracy for classifiers."""
+    """SQNR vs fp32 over every output of every held-out image (and of the held-out video frames alone); top-1
+    agreement and accuracy for classifiers."""
     from quant.metrics import outputs_sqnr, top1_agreement
 
     reference = ws.reference()
     result: dict[str, Any] = {
         "sqnr_db": outputs_sqnr([t for o in reference for t in o], [t for o in outputs for t in o]),
+        "video_sqnr_db": None,
         "top1_agreement": None,
         "accuracy": None,
     }
+    if video := ws.subject.held_out_video:
+        result["video_sqnr_db"] = outputs_sqnr(
+            [t for i in video for t in reference[i]], [t for i in video for t in outputs[i]]
+        )
     if ws.subject.classifier:
         ref_logits = torch.cat([o[0].reshape(1, -1) for o in reference])
         logits = torch.cat([o[0].reshape(1, -1) for o in outputs])

@@ -10,7 +10,9 @@ each target really stores for a layer (`quant.cost`: integers, scales, zero poin
 targets, since one plan feeds them all), and is read back from every written artifact (the manifest's
 `facts.quant.weight_bytes_written`); `budget_ms` with `device` counts milliseconds measured per layer and width on
 that device's runtime (`edgevit.compress.bitsearch`), and the final artifact is benched against it. 4-bit weights
-are planned on group-wise MSE grids (`four_bit_grid`).
+are planned on group-wise MSE grids (`four_bit_grid`); uniform 8-bit plans first scale the LayerNorm-fed
+Linears' inputs (AWQ, `quant_recipe.scale_for_8bit`), which narrows the per-tensor 8-bit input grids that a few
+LayerNorm outlier channels set.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from quant.plan import QuantPlan
 METHODS = ("ptq", "qhyvit", "mptq")
 BITS = ("8", "6", "4", "mixed")
 QHYVIT_ITERS = 200  # learned-rounding steps per reconstruction block: most of the gain comes in the first 200
-GROUP_SIZE = 32  # input columns per 4-bit scale in mixed plans (MatMulNBits, XNNPACK and Core ML all take 32)
+GROUP_SIZE = recipe.GROUP_SIZE_4BIT  # input columns per 4-bit scale in mixed plans
 
 
 @dataclass(frozen=True)
@@ -183,11 +185,16 @@ def plan_unit(unit: DeployUnit, config: QuantConfig, calib: list, data: PassData
         plan = _mixed(unit, prepared, config, calib, data)
     else:
         grid = four_bit_grid(prepared, data.targets, calib) if config.bits == "4" else None
+        scaled = recipe.scale_for_8bit(prepared, calib) if config.bits == "8" else None
         plan = recipe.uniform_plan(prepared, int(config.bits), 8)
         if grid is not None:
             plan.metadata["four_bit_grid"] = grid
+        if scaled is not None:
+            plan.metadata["awq"] = {"linears": scaled, "alpha_searched_for": "per-channel min-max 8-bit weights"}
         _check_budget(plan, config, data.targets)
         _explain(data, plan)
+        if data.explain is not None and (grid is not None or scaled is not None):
+            data.explain(f"4-bit grid: {grid}" if grid is not None else f"AWQ input scaling on {scaled} Linears")
     folded = [list(pair) for pair in prepared.bn_folded]
     plan.metadata.update({"method": config.method, "bits": config.bits, "bn_folded": folded})
     return dataclasses.replace(unit, module=prepared.module), plan
@@ -198,7 +205,7 @@ def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str], calib: Sequ
     """The one place mixed plans choose their 4-bit grid: group-wise symmetric scales, MSE-searched (weighted by
     each input column's E[x²]), for every Linear whose width divides into `GROUP_SIZE` groups, when every target
     lowers group-wise weights (the registry's `group_weights`); per-channel min-max otherwise. Given `calib`, the
-    LayerNorm-fed Linears' input channels are first scaled for those groups (AWQ, `recipe.scale_for_groups`:
+    LayerNorm-fed Linears' input channels are first scaled for those groups (AWQ, `recipe.scale_inputs`:
     folded into the weights, nothing new to lower). Uniform `--bits 4` passes it (DINOv2-S W4A8 held-out
     25.8 → 27.4 dB); mixed plans do not: there it moved held-out SQNR by +0.9 / −4.1 / −2.7 dB at 60 / 70 / 80 %
     of W8A8's ExecuTorch bytes — the greedy allocation on its table lands erratically on the scaled model
@@ -206,7 +213,7 @@ def four_bit_grid(prepared: recipe.Prepared, targets: Sequence[str], calib: Sequ
     from converters.targets.registry import target_info
 
     if all(target_info(t).group_weights for t in targets):
-        scaled = recipe.scale_for_groups(prepared, calib, GROUP_SIZE) if calib is not None else 0
+        scaled = recipe.scale_inputs(prepared, calib, 4, GROUP_SIZE) if calib is not None else 0
         prepared.stats.use_groups({4: GROUP_SIZE}, "mse")
         awq = f", AWQ input scaling on {scaled} Linears" if scaled else ""
         return f"group-wise ({GROUP_SIZE} columns), MSE scales{awq}"

@@ -22,6 +22,7 @@ from quant.fake_quant import CalibrationStats
 from quant.plan import QuantPlan
 
 PLAN_METHODS = ("ptq", "mptq")  # methods planned from observed ranges (qhyvit reconstructs weights)
+GROUP_SIZE_4BIT = 32  # input columns per 4-bit scale (MatMulNBits, XNNPACK and Core ML all take 32)
 SENSITIVITY_IMAGES = 4  # model forwards per (layer, bit-width) probe: the table's cost scales with this
 
 Batch = tuple[Tensor, ...]
@@ -75,15 +76,18 @@ def expose_attention_matmuls(model: nn.Module) -> int:
     return len(switched)
 
 
-def scale_for_groups(prepared: Prepared, calib: Sequence[Batch | Tensor], group_size: int) -> int:
+def scale_inputs(
+    prepared: Prepared, calib: Sequence[Batch | Tensor], weight_bits: int, group_size: int | None, act_bits: int = 8
+) -> int:
     """AWQ input-channel scaling (`quant.awq`) of the prepared model's LayerNorm-fed Linears that SQ-b left alone,
-    searched for `group_size`-column 4-bit groups, then the ranges observed again (the LayerNorm outputs changed).
-    Folded into the weights and LayerNorms, so every target lowers it as it is; the records join
-    `prepared.smoothing` (replayable like SQ-b's). Returns how many Linears were scaled.
+    α searched for `weight_bits` weights on `group_size`-column groups (None: per-channel min-max), then the ranges
+    observed again (the LayerNorm outputs changed). Folded into the weights and LayerNorms, so every target lowers
+    it as it is; the records join `prepared.smoothing` (replayable like SQ-b's). Returns how many Linears were
+    scaled.
 
     Measured on DINOv2-S (8 calibration / 8 held-out images, benchmarks/results/quant_mixed.md): W4A8 g32 held-out
     SQNR 25.8 → 27.4 dB; W8A8 33.4 → 37.8 dB (the divided channels are the LayerNorm outliers that set the 8-bit
-    input grids) — uniform 8-bit plans do not take it yet."""
+    input grids: see `scale_for_8bit`)."""
     from quant.awq import awq_scale_
     from quant.fake_quant import collect_stats, quantizable_layers
     from quant.modules import SmoothedLinear
@@ -97,11 +101,31 @@ def scale_for_groups(prepared: Prepared, calib: Sequence[Batch | Tensor], group_
     ]
     if len(calib) < 2 or not free:  # α is chosen on held-out calibration batches: one leaves nothing to hold out
         return 0
-    records = awq_scale_(prepared.module, list(calib), group_size=group_size, layers=free)
+    records = awq_scale_(
+        prepared.module, list(calib), bits=weight_bits, group_size=group_size, act_bits=act_bits, layers=free
+    )
     if records:
         prepared.stats = collect_stats(prepared.module, list(calib), progress=False)
         prepared.smoothing = {**prepared.smoothing, **records}
     return len(records)
+
+
+def scale_for_8bit(prepared: Prepared, calib: Sequence[Batch | Tensor], act_bits: int = 8) -> int:
+    """AWQ for uniform 8-bit weights (ptq, and mptq's LayerNorm-fed Linears SQ-b left alone): the 8-bit grid of a
+    Linear's input is per tensor, so a few LayerNorm outlier channels set its step for every channel; dividing
+    them (and multiplying their weight columns) narrows it. α is searched for the grid the plan runs: per-channel
+    min-max 8-bit weights, per-tensor asymmetric inputs. Returns how many Linears were scaled.
+
+    Against the 4-bit g32 objective uniform `--bits 4` uses: DINOv2-S, ptq W8A8, the quant suite's images (16
+    calibration; 16 held out, 14 of them video frames), held-out SQNR whole / video frames: no AWQ 34.9 / 35.2 dB,
+    this objective 35.9 / 35.8 dB (α 0.3–0.8 on 23 Linears, 47 s), the g32 one 36.2 / 36.1 dB (α 0.1–0.4, 80 s;
+    load ≈5 on 2 cores). Kept this one: on the tests' tiny ViT (LayerNorm gains ~20×) this one gains 1.3 dB over no
+    AWQ (34.6 → 35.8) where the g32 one loses 0.5 (→ 34.1), and it costs less (EfficientTAM ti_512 image encoder, 8
+    images: 20 s vs 27 s, beside 8 s for the rest of the preparation). The α choice rides on the sampled rows:
+    since AWQ observes only the LayerNorm-fed Linears (other rows drawn), the quant suite measures this objective
+    at 37.0 / 38.6 dB (benchmarks/results/quant.md). mptq's SQ-b smooths every LayerNorm-fed Linear of DINOv2-S
+    (39.4 / 39.6 dB), leaving AWQ nothing there."""
+    return scale_inputs(prepared, calib, 8, None, act_bits)
 
 
 def uniform_plan(prepared: Prepared, weight_bits: int, act_bits: int) -> QuantPlan:

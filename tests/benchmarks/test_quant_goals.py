@@ -1,0 +1,33 @@
+"""The W8A8 goal is judged on the held-out video frames and on the whole held-out set, each against its best peer."""
+
+from __future__ import annotations
+
+from benchmarks.suites.quant.goals import goal_margin_over_peers
+
+
+def _row(origin: str, method: str, whole: float, video: float | None) -> dict:
+    return {
+        "status": "ok",
+        "origin": origin,
+        "method": method,
+        "variant": "v",
+        "bits": "W8A8",
+        "evaluated": "e",
+        "sqnr_db": whole,
+        "video_sqnr_db": video,
+    }
+
+
+def test_video_frames_and_whole_set_are_judged_apart() -> None:
+    rows = [
+        _row("ours", "ptq", 40.0, 37.0),
+        _row("peer", "aeq", 36.5, 30.0),  # best peer on the whole set
+        _row("peer", "ort", 35.0, 35.5),  # best peer on the video frames
+        _row("peer", "old", 39.0, None),  # a row from before video frames were scored counts only for the whole set
+    ]
+    models = {"dinov2_s_focus": {"subject": {}, "sections": {"uniform": {"rows": rows}}}}
+    video, whole = goal_margin_over_peers(models)
+    assert "held-out video frames" in video and "ort (v) 35.5 dB" in video and "missed by 1.50 dB" in video
+    assert "whole held-out set" in whole and "old (v) 39.0 dB" in whole and "missed by 2.00 dB" in whole
+    rows[0]["video_sqnr_db"] = None
+    assert goal_margin_over_peers(models)[0].endswith("held-out video frames: not measured.")
