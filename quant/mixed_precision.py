@@ -15,8 +15,14 @@ whole-unit anchor plans benched beside it), so this module never imports a runti
 notch down: on a real runtime a narrower width can be *slower* (4-bit conv weights held in int8 storage, a GEMM
 without a 4-bit kernel, a dynamic per-token quantize of its input), and the search takes what is measured.
 
+A layer may also stay float (`FLOAT`): left out of the plan, it adds no quantization noise, and a budget that
+prices it (`Budget.float_cost`: the measured latency does) lets the search spend the room narrower widths leave on
+keeping the most sensitive layers float. A bytes budget never offers it: a float weight stores 4× its 8-bit bytes,
+so under any budget relative to W8A8's bytes it cannot pay, and `quant.cost` prices quantized payloads only.
+
 Every step is recorded in the plan's `metadata["allocation"]`: per layer its bits, its measured sensitivity
-(output SQNR with that layer alone quantized at those bits), its cost, and why it got them.
+(output SQNR with that layer alone quantized at those bits), its cost, and why it got them; the layers kept float
+are listed there too (`float_layers`: the plan itself only holds what is quantized).
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ _MB = 1e6
 _MAX_STEPS = 100_000
 
 LayerCost = Callable[[LayerQuant], "float | None"]
+FloatCost = Callable[[str], "float | None"]
+
+FLOAT: tuple[int, int] = (32, 32)
+"""The choice of (weight bits, act bits) that keeps a layer float: it is left out of the plan (whatever is not in
+the plan runs in fp32), so it adds no quantization noise. Ordered above every integer width."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Budget:
     scale: float = 1.0  # `unit` per displayed unit (1e6 for MB)
     display: str = "B"
     activations: bool = False  # whether `cost` depends on activation bits (else they stay at their highest)
+    float_cost: FloatCost | None = None  # cost of leaving layer `name` float (None: this budget cannot hold float)
 
 
 def bytes_budget(budget_mb: float, cost: LayerCost | None = None, kind: str = "weight") -> Budget:
@@ -60,10 +72,11 @@ def bytes_budget(budget_mb: float, cost: LayerCost | None = None, kind: str = "w
     return Budget(kind, budget_mb * _MB, cost or payload_bytes, "B", scale=_MB, display="MB")
 
 
-def latency_budget(budget_ms: float, cost: LayerCost, fixed_ms: float) -> Budget:
+def latency_budget(budget_ms: float, cost: LayerCost, fixed_ms: float, float_cost: FloatCost | None = None) -> Budget:
     """A latency budget: `cost(layer)` is the ms that layer at its bits adds to the whole unit (measured; it may
-    be larger at fewer bits), `fixed_ms` the rest of the unit."""
-    return Budget("latency", budget_ms, cost, "ms", fixed=fixed_ms, display="ms")
+    be larger at fewer bits), `fixed_ms` the rest of the unit; `float_cost(name)`, when given, the ms the layer
+    adds left float (None where it was not measured), which lets the search keep layers float (`FLOAT`)."""
+    return Budget("latency", budget_ms, cost, "ms", fixed=fixed_ms, display="ms", float_cost=float_cost)
 
 
 @dataclass
@@ -108,13 +121,19 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
             quants[key] = stats.layers[name].layer_quant(choice[0], choice[1], "greedy-mp")
         return quants[key]
 
-    # Narrower activations only add noise unless a budget prices them.
+    # Narrower activations only add noise unless a budget prices them; float only where every budget prices it.
     top_act = None if any(b.activations for b in budgets) else max(table.act_bits)
+    floats = all(b.float_cost is not None for b in budgets)
     layers = []
     for name in stats.layers:
         order = sorted(table.choices(name), key=lambda c: (-1 if c[0] is None else c[0], c[1]), reverse=True)
         order = [c for c in order if top_act is None or c[1] == top_act]
         lyr = _Layer(name, [])
+        if floats:
+            float_costs = {b.kind: b.float_cost(name) for b in budgets}  # type: ignore[misc]
+            if all(v is not None for v in float_costs.values()):
+                lyr.choices.append(FLOAT)
+                lyr.costs[FLOAT] = float_costs  # type: ignore[assignment]
         for choice in order:
             costs = {b.kind: b.cost(quant(name, choice)) for b in budgets}
             if all(v is not None for v in costs.values()):
@@ -133,7 +152,7 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
         cheapest = [min(lyr.choices, key=lambda c, lyr=lyr: lyr.costs[c][kind]) for lyr in layers]
         floor = b.fixed + sum(lyr.costs[c][kind] for lyr, c in zip(layers, cheapest, strict=True))
         if floor > b.limit:
-            widths = {w for w, _ in cheapest if w is not None}
+            widths = {c[0] for c in cheapest if c[0] is not None and c != FLOAT}
             at = f", with every layer at {widths.pop()} bits," if len(widths) == 1 else ", every layer at its cheapest,"
             raise QuantError(
                 f"{kind} budget {b.limit / b.scale:.4g} {b.display} cannot be met: the smallest reachable {kind}"
@@ -141,7 +160,7 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
             )
 
     def noise(name: str, choice: tuple[int | None, int]) -> float:
-        return table.noise(name, *choice)
+        return 0.0 if choice == FLOAT else table.noise(name, *choice)
 
     state = {lyr.name: lyr.choices[0] for lyr in layers}
     why: dict[str, str] = {}
@@ -153,6 +172,12 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
         if phase == "down":
             least = f"least per unit saved of {candidates}"
             return f"step {steps}: {_bits(old)}→{_bits(new)} ({moved}), +{added:.2g} noise: {least}"
+        if new == FLOAT:
+            return (
+                f"step {steps}: stays float (left out of the plan) with room left ({moved}): removes its "
+                f"{_bits(old)} noise {-added:.2g} (output SQNR with it alone at {_bits(old)}: "
+                f"{table.sqnr_db[name][old]:.1f} dB), the most noise removed per unit spent"
+            )
         return f"step {steps}: raised {_bits(old)}→{_bits(new)} with room left ({moved}), −{-added:.2g} noise"
 
     def delta_of(lyr: _Layer, new: tuple[int | None, int]) -> dict[str, float]:
@@ -211,8 +236,9 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
         why[lyr.name] = describe("up", lyr.name, state[lyr.name], new, delta, 0)
         state[lyr.name] = new
 
-    plan = stats.plan(bits=state, method="greedy-mp")
-    plan.layers = {name: quant(name, state[name]) for name in stats.layers}
+    kept_float = [name for name, choice in state.items() if choice == FLOAT]
+    plan = stats.plan(bits={n: c for n, c in state.items() if c != FLOAT}, method="greedy-mp")
+    plan.layers = {name: quant(name, state[name]) for name in stats.layers if state[name] != FLOAT}
     predicted = sum(noise(n, c) for n, c in state.items())
     used = total(state)
     plan.metadata.update(
@@ -226,16 +252,19 @@ def allocate(stats: CalibrationStats, table: SensitivityTable, budgets: Sequence
                 ],
                 "layers": {
                     name: {
-                        "weight_bits": choice[0],
-                        "act_bits": choice[1],
-                        "sqnr_db": table.sqnr_db[name][choice],
-                        "sqnr_drop_db": _drop(table, name, choice, by_name[name].choices[0]),
+                        "weight_bits": None if choice == FLOAT else choice[0],
+                        "act_bits": None if choice == FLOAT else choice[1],
+                        "float": choice == FLOAT,
+                        "sqnr_db": None if choice == FLOAT else table.sqnr_db[name][choice],
+                        "sqnr_drop_db": _drop(table, name, choice, _widest(by_name[name])),
                         "noise_share": noise(name, choice) / predicted if predicted > 0 else 0.0,
                         "cost": by_name[name].costs[choice],
                         "why": why.get(name, _kept(by_name[name], steps)),
                     }
                     for name, choice in state.items()
                 },
+                "float_layers": kept_float,
+                "float_weight_bytes": sum(4 * table.weight_numel[n] for n in kept_float),
             },
         }
     )
@@ -250,11 +279,23 @@ def _sides(lyr: _Layer, old: tuple[int | None, int]) -> tuple[list, list]:
 
 def _bits(choice: tuple[int | None, int]) -> str:
     w, a = choice
+    if choice == FLOAT:
+        return "float"
     return f"W{w}A{a}" if w is not None else f"A{a}"
 
 
-def _drop(table: SensitivityTable, name: str, choice: tuple[int | None, int], top: tuple[int | None, int]) -> float:
-    """dB of output SQNR this layer's width costs against its highest candidate (0 when it kept it)."""
+def _widest(lyr: _Layer) -> tuple[int | None, int]:
+    """The layer's highest quantized candidate (what a float layer would otherwise hold)."""
+    return next(c for c in lyr.choices if c != FLOAT)
+
+
+def _drop(
+    table: SensitivityTable, name: str, choice: tuple[int | None, int], top: tuple[int | None, int]
+) -> float | None:
+    """dB of output SQNR this layer's width costs against its highest quantized candidate (0 when it kept it;
+    None when it stays float: it costs nothing, and its SQNR alone is infinite)."""
+    if choice == FLOAT:
+        return None
     best, got = table.sqnr_db[name][top], table.sqnr_db[name][choice]
     return 0.0 if choice == top or best == got else float(best - got)
 
@@ -262,6 +303,10 @@ def _drop(table: SensitivityTable, name: str, choice: tuple[int | None, int], to
 def _kept(lyr: _Layer, steps: int) -> str:
     if len(lyr.choices) == 1:
         return f"only {_bits(lyr.choices[0])} can be held here"
+    if lyr.choices[0] == FLOAT:
+        if steps == 0:
+            return "stays float (left out of the plan): every layer float fits the budget"
+        return "stays float (left out of the plan): moves elsewhere added less noise per unit saved"
     if steps == 0:
         return "the highest width fits the budget"
     return "kept its widest: moves elsewhere added less noise per unit saved"
@@ -298,9 +343,15 @@ def explain(table: SensitivityTable, plan: QuantPlan | None = None) -> Table | G
         )
     choice.add_column("why")
     for name, got in allocation["layers"].items():
-        bits = _bits((got["weight_bits"], got["act_bits"]))
         cost = [_fmt(got["cost"][b["kind"]], b["unit"]) for b in budgets]
+        if got.get("float"):
+            choice.add_row(name, "float", "∞", "", *cost, got["why"])
+            continue
+        bits = _bits((got["weight_bits"], got["act_bits"]))
         choice.add_row(name, bits, f"{got['sqnr_db']:.1f}", f"{got['sqnr_drop_db']:.1f}", *cost, got["why"])
+    kept = allocation.get("float_layers")
+    if kept:
+        choice.caption += f"; stays float (left out of the plan): {', '.join(kept)}"
     return Group(out, choice)
 
 

@@ -1,6 +1,13 @@
 """Bit widths chosen by measured latency: each layer's real artifact kernel benched at each width on the device,
 corrected by whole-unit anchor plans benched beside it, then the greedy mixed-precision search held to a budget in
-milliseconds instead of a bytes proxy, with a floor: never slower than the highest widths (W8A8).
+milliseconds instead of a bytes proxy, with a floor: never slower than the highest widths (W8A8) unless it keeps
+layers float within the budget.
+
+Float is a width too (`quant.mixed_precision.FLOAT`: the layer left out of the plan, no quantization noise). On
+XNNPACK every 4-bit layer group measured slower than 8-bit on DINOv2-S (stop 18), so a search over 4 and 8 bits
+ends at W8A8 whenever W8A8 meets the budget, and the room a bytes-proxy plan's latency leaves goes unused; keeping
+the most sensitive layers float spends it on SQNR. Each distinct layer shape gets a float probe, and the anchors
+include each group of identical layers left float and every layer float.
 
 Why measure: a proxy (bytes, BOPs) says 4-bit weights are cheaper, but what a runtime does with them differs per
 kernel: XNNPACK packs 4-bit Linear weights but runs 4-bit convs from int8 storage; a GEMM whose activations are
@@ -26,9 +33,7 @@ import hashlib
 import json
 import os
 import platform
-import statistics
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +45,28 @@ from converters.targets.registry import target_info
 from converters.unit import DeployUnit
 from edgevit.compress.latency import read_timings, write_timings
 from edgevit.compress.latency_fit import Anchor, fit_costs, floor_reason
-from edgevit.compress.probes import IDLE, Idle, Probe, layer_inputs, probe_input, probe_key
-from edgevit.errors import EdgevitError
+from edgevit.compress.probes import (
+    IDLE,
+    ROUNDS,
+    RUNS,
+    THREADS,
+    WARMUP,
+    Idle,
+    Probe,
+    bench_units,
+    float_key,
+    layer_inputs,
+    probe_input,
+    probe_key,
+)
 from quant.fake_quant import CalibrationStats
 from quant.metrics import SensitivityTable
+from quant.mixed_precision import FLOAT
 from quant.plan import LayerQuant, QuantPlan
 
-RUNS = 30
-ROUNDS = 3  # the bundle is benched in rounds, the median of their medians kept: load drift hits every unit alike
-WARMUP = 5
-THREADS = 1  # one big core, the phone case (as edgevit.compress.latency)
 MAX_FLIPS = 12  # group-flip anchors benched at most (each is a whole-unit lowering)
 TOP = "highest widths"
+FLOATING = FLOAT[0]  # the width key of a layer left float
 
 
 def default_cache() -> Path:
@@ -88,26 +103,36 @@ class MeasuredCost:
         cache: Path | None = None,
         progress: Callable[[str], None] | None = None,
         timings: Callable[[MeasuredCost], dict[str, float]] | None = None,
+        floats: bool = True,
     ) -> None:
         """`timings` (default: bench on `device`) returns the median ms of every probe key, "idle" and every
-        anchor plan (`self.plans`); given numbers make the fit and the search testable without a runtime."""
+        anchor plan (`self.plans`); given numbers make the fit and the search testable without a runtime.
+        `floats` adds float as a width (a float probe per layer shape, float anchors)."""
         self.unit, self.stats, self.target, self.device = unit, stats, target, device
+        self.floats = floats
         self.cache = cache or default_cache()
         self.say = progress or (lambda _msg: None)
         weighted = [n for n in stats.layers if stats.layers[n].kind != "matmul"]
         self.shapes = layer_inputs(unit.module, unit, weighted)
         self.widths = sorted(set(table.weight_bits), reverse=True)
         self.act = max(table.act_bits)
-        self.probes: dict[str, tuple[str, LayerQuant]] = {}  # probe key → (layer, its LayerQuant)
+        # probe key → (layer, its LayerQuant at that width; a float probe holds the top width's, for its input)
+        self.probes: dict[str, tuple[str, LayerQuant, bool]] = {}
         self.keys: dict[tuple[str, int | None], str] = {}
         for name in weighted:
             if name not in self.shapes:
                 continue  # not run on the example inputs: costs nothing here
+            layer = unit.module.get_submodule(name)
             for w in self.widths:
                 lq = stats.layers[name].layer_quant(w, self.act, "probe")
-                key = probe_key(unit.module.get_submodule(name), lq, self.shapes[name])
+                key = probe_key(layer, lq, self.shapes[name])
                 self.keys[(name, w)] = key
-                self.probes.setdefault(key, (name, lq))
+                self.probes.setdefault(key, (name, lq, False))
+            if floats:
+                key = float_key(layer, stats.layers[name].kind, self.shapes[name])
+                self.keys[(name, FLOATING)] = key
+                top = stats.layers[name].layer_quant(self.widths[0], self.act, "probe")
+                self.probes.setdefault(key, (name, top, True))
         self.plans = self._anchor_plans()
         self.top = self.plans[TOP]
         self.ms = (timings or MeasuredCost._measure)(self)
@@ -122,11 +147,35 @@ class MeasuredCost:
         key = self.keys.get((layer.name, layer.weight.bits))
         return 0.0 if key is None else self.costs[key]
 
+    def float_cost(self, name: str) -> float | None:
+        """The ms layer `name` adds to the unit left float (None: not probed float, so not a candidate)."""
+        key = self.keys.get((name, FLOATING))
+        return None if key is None else self.costs[key]
+
+    def budget_float_cost(self) -> Callable[[str], float | None] | None:
+        """What a latency `Budget` prices float with: None when floats were not probed (float not a candidate)."""
+        return self.float_cost if self.floats else None
+
+    def widths_of(self, plan: QuantPlan) -> dict[str, int]:
+        """Each probed layer's width in `plan`: its weight bits, or `FLOATING` when the plan leaves it out."""
+        out = {}
+        for name, _ in self.keys:
+            lq = plan.layers.get(name)
+            if lq is not None and lq.weight_bits is not None:
+                out[name] = lq.weight_bits
+            elif lq is None and self.floats:
+                out[name] = FLOATING
+        return out
+
+    def floated(self, plan: QuantPlan) -> list[str]:
+        """The probed layers `plan` keeps float."""
+        return [name for name, w in self.widths_of(plan).items() if w == FLOATING]
+
     def counts(self, plan: QuantPlan) -> dict[str, int]:
-        """How many of the plan's layers sit at each probe key."""
+        """How many of the plan's layers sit at each probe key (a layer the plan leaves out at its float key)."""
         out: dict[str, int] = {}
-        for name, lq in plan.layers.items():
-            key = self.keys.get((name, lq.weight_bits))
+        for name, w in self.widths_of(plan).items():
+            key = self.keys.get((name, w))
             if key is not None:
                 out[key] = out.get(key, 0) + 1
         return out
@@ -163,27 +212,35 @@ class MeasuredCost:
         """Layers whose probes are the same at every width (DINOv2's twelve qkv projections) form one group."""
         by: dict[tuple[str, ...], list[str]] = {}
         for name in dict.fromkeys(n for n, _ in self.keys):
-            by.setdefault(tuple(self.keys[(name, w)] for w in self.widths), []).append(name)
+            by.setdefault(tuple(self.keys[(name, w)] for w in self._others()), []).append(name)
         return list(by.values())
 
+    def _others(self) -> list[int]:
+        """Every width a layer can take: the integer ones, highest first, then float when it is a candidate."""
+        return [*self.widths, FLOATING] if self.floats else list(self.widths)
+
     def _plan(self, bits: Mapping[str, int]) -> QuantPlan:
-        """Every weighted layer at the highest width except those `bits` names."""
+        """Every weighted layer at the highest width except those `bits` names (left out at `FLOATING`)."""
         top = self.widths[0]
         widths = {n: (bits.get(n, top) if s.kind != "matmul" else None, self.act) for n, s in self.stats.layers.items()}
-        return self.stats.plan(bits=widths)
+        plan = self.stats.plan(bits={n: c for n, c in widths.items() if c[0] != FLOATING})
+        plan.layers = {n: lq for n, lq in plan.layers.items() if widths[n][0] != FLOATING}
+        return plan
 
     def _anchor_plans(self) -> dict[str, QuantPlan]:
-        """The whole-unit plans benched with the probes, the highest widths first (`fit_costs` anchors on it)."""
+        """The whole-unit plans benched with the probes, the highest widths first (`fit_costs` anchors on it):
+        every layer at each other width, then — when there are at most `MAX_FLIPS` — each group of identical
+        layers alone at each other width (float included: "×12 float" is the unit with those layers left out)."""
         plans = {TOP: self._plan({})}
-        if len(self.widths) == 1:
-            return plans
-        low = self.widths[-1]
-        plans[f"all W{low}"] = self._plan({n: low for n, _ in self.keys})
+        others = self._others()[1:]
+        lowest = [self.widths[-1]] if len(self.widths) > 1 else []
+        for w in lowest + ([FLOATING] if self.floats else []):
+            plans[f"all {_width(w)}"] = self._plan({n: w for n, _ in self.keys})
         groups = self._groups()
-        if 1 < len(groups) and len(groups) * (len(self.widths) - 1) <= MAX_FLIPS:
+        if 1 < len(groups) and len(groups) * len(others) <= MAX_FLIPS:
             for group in groups:
-                for w in self.widths[1:]:
-                    plans[f"{group[0]} ×{len(group)} at W{w}"] = self._plan(dict.fromkeys(group, w))
+                for w in others:
+                    plans[f"{group[0]} ×{len(group)} at {_width(w)}"] = self._plan(dict.fromkeys(group, w))
         return plans
 
     def _cache_key(self, probe: str) -> str:
@@ -206,13 +263,14 @@ class MeasuredCost:
         ms = {k: table[self._cache_key(k)] for k in (*self.probes, IDLE) if self._cache_key(k) in table}
         units: list[tuple[DeployUnit, QuantPlan | None]] = []
         names: dict[str, str] = {}
-        for i, (key, (name, lq)) in enumerate(self.probes.items()):
+        for i, (key, (name, lq, floating)) in enumerate(self.probes.items()):
             if key in ms:
                 continue
             layer = copy.deepcopy(self.unit.module.get_submodule(name))
             x = probe_input(lq, self.shapes[name])
             probe = DeployUnit(f"p{i}", Probe(layer).eval(), (x,), ("x",), ("y",))
-            units.append((probe, QuantPlan(layers={"layer": dataclasses.replace(lq, name="layer")})))
+            plan = None if floating else QuantPlan(layers={"layer": dataclasses.replace(lq, name="layer")})
+            units.append((probe, plan))
             names[probe.name] = key
         if IDLE not in ms:
             units.append((DeployUnit(IDLE, Idle().eval(), (torch.zeros(1, 8),), ("x",), ("y",)), None))
@@ -232,57 +290,8 @@ class MeasuredCost:
         return ms
 
 
-def bench_units(units: Sequence[tuple[DeployUnit, QuantPlan | None]], target: str, device: str) -> dict[str, float]:
-    """Median latency (ms) of each unit lowered for `target` (quantized as its plan says, or float without one),
-    benched on `device` through the benchmark harness in `ROUNDS` interleaved rounds (each unit's figure is the
-    median of its round medians, so a load change during the run lands on every unit rather than on the last
-    ones); EdgevitError naming the unit that failed."""
-    from benchmarks.bench import BenchSettings
-    from benchmarks.devices import DeviceError, open_device
-    from converters.bundle import Header, ModelInfo, UnitInfo, Weights
-    from converters.bundle import write_bundle as write
-    from converters.quantized import convert_quantized
-    from converters.targets.registry import target_info
-
-    info = target_info(target)
-    precision = info.default_precision
-
-    def lower(folder: Path):
-        from converters import convert
-
-        for unit, plan in units:
-            if plan is None:
-                yield convert(unit, target, precision, folder / target)
-            else:
-                yield convert_quantized(unit, target, plan, folder / target)
-
-    images = (
-        (int(x.shape[-2]), int(x.shape[-1]))
-        for u, _ in units
-        for name, x in zip(u.input_names, u.example_inputs, strict=True)
-        if name == "image" or name in u.image_inputs
-    )
-    size = next(images, (1, 1))  # a unit's image input fixes the manifest's input_size
-    model = ModelInfo("bitsearch", "probes", size, "probe", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "any", None)
-    header = Header(model, Weights("random", None), tuple(UnitInfo.from_unit(u) for u, _ in units))
-    try:
-        dev = open_device(device)
-        dev.check()
-    except DeviceError as exc:
-        raise EdgevitError(f"--device {device}: {exc}") from None
-    rounds: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="edgevit-bitsearch-") as folder:
-        bundle = Path(folder) / "bundle"
-        write(bundle, header, lower)
-        settings = BenchSettings(runs=RUNS // ROUNDS, warmup=WARMUP, threads=THREADS, targets=(target,))
-        for _ in range(ROUNDS):
-            for row in dev.bench(bundle, settings)["rows"]:
-                if row["status"] != "ok":
-                    raise EdgevitError(
-                        f"latency probe {row['unit']} on {device} ({target}) {row['status']}: {row.get('reason')}"
-                    )
-                rounds.setdefault(row["unit"], []).append(float(row["latency"]["median_ms"]))
-    return {unit: statistics.median(ms) for unit, ms in rounds.items()}
+def _width(w: int) -> str:
+    return "float" if w == FLOATING else f"W{w}"
 
 
 def search(cost: MeasuredCost, table: SensitivityTable, budget_ms: float) -> QuantPlan:
@@ -291,9 +300,13 @@ def search(cost: MeasuredCost, table: SensitivityTable, budget_ms: float) -> Qua
     anchors. Measuring the result is the caller's (then `settle`), so the plans of one comparison share a bundle."""
     from quant.mixed_precision import allocate, latency_budget
 
-    reason = floor_reason(None, cost.top_ms, budget_ms)
+    reason = None if cost.floats else floor_reason(None, cost.top_ms, budget_ms)
     plan = _highest(cost, table, budget_ms, reason) if reason else None
-    plan = plan or allocate(cost.stats, table, [latency_budget(budget_ms, cost, cost.fixed_ms)])
+    if plan is None:
+        plan = allocate(cost.stats, table, [latency_budget(budget_ms, cost, cost.fixed_ms, cost.budget_float_cost())])
+        if cost.counts(plan) == cost.counts(cost.top):  # the search's own answer is W8A8: say so as the floor does
+            reason = floor_reason(None, cost.top_ms, budget_ms) or "the search chose the highest widths"
+            plan = _highest(cost, table, budget_ms, reason)
     plan.metadata["latency"] = {
         "budget_ms": budget_ms,
         "device": cost.device,
@@ -301,6 +314,8 @@ def search(cost: MeasuredCost, table: SensitivityTable, budget_ms: float) -> Qua
         "predicted_ms": cost.predict(plan),
         "bare_probes_predicted_ms": cost.predict(plan, bare=True),
         "floor": reason,
+        "float_candidates": cost.floats,
+        "float_layers": cost.floated(plan),
         **cost.record(),
         "how": f"median of {ROUNDS} interleaved rounds of {RUNS // ROUNDS} runs after {WARMUP} warm-up, {THREADS} "
         "thread(s), via the benchmark harness",
@@ -312,19 +327,38 @@ def settle(
     plan: QuantPlan, measured_ms: float, cost: MeasuredCost, table: SensitivityTable, top_ms: float
 ) -> QuantPlan:
     """The floor on a searched plan benched beside the highest-width plan (`top_ms`): the faster of the two (the
-    highest widths on a tie), with its measured ms, the searched plan's and the reason in `metadata["latency"]`."""
+    highest widths on a tie) — or, for a plan that keeps layers float, the searched plan unless it measured over
+    its budget (`floor_reason`) — with its measured ms, the searched plan's and the reason in `metadata["latency"]`.
+
+    The budget is judged at the load this bench ran under: scaled by how W8A8's time moved from the anchors'
+    bundle to `top_ms` (on a shared machine DINOv2-S's W8A8 measured 113 ms in one and 166 ms in the other, so an
+    unscaled budget would have compared milliseconds of two different machines); `measured_within_budget` stays
+    the plain comparison."""
     lat = plan.metadata["latency"]
-    reason = lat["floor"] or floor_reason(measured_ms, top_ms, lat["budget_ms"])
+    drift = top_ms / cost.top_ms
+    budget_here = lat["budget_ms"] * drift
+    reason = lat["floor"] or floor_reason(measured_ms, top_ms, budget_here, len(lat["float_layers"]))
+    if reason and not lat["floor"] and abs(drift - 1) > 0.005:
+        reason += (
+            f" (the {lat['budget_ms']:.4g} ms budget scaled by W8A8's {drift:.3g}× load drift from the anchors' bench "
+            "to this one)"
+        )
     if reason and not lat["floor"]:
-        searched = {"searched_measured_ms": measured_ms, "searched_predicted_ms": lat["predicted_ms"]}
+        searched = {
+            "searched_measured_ms": measured_ms,
+            "searched_predicted_ms": lat["predicted_ms"],
+            "searched_float_layers": lat["float_layers"],
+        }
         plan = _highest(cost, table, lat["budget_ms"], reason)
-        plan.metadata["latency"] = lat = {**lat, **searched, "predicted_ms": cost.predict(plan)}
+        plan.metadata["latency"] = lat = {**lat, **searched, "predicted_ms": cost.predict(plan), "float_layers": []}
         measured_ms = top_ms
     lat.update(
         {
             "measured_ms": measured_ms,
             "highest_widths_measured_ms": top_ms,
             "measured_within_budget": measured_ms <= lat["budget_ms"],
+            "load_drift": drift,
+            "budget_at_this_load_ms": budget_here,
             "floor": reason,
         }
     )
@@ -337,7 +371,7 @@ def _highest(cost: MeasuredCost, table: SensitivityTable, budget_ms: float, reas
     from quant.mixed_precision import allocate, latency_budget
 
     limit = max(budget_ms, cost.predict(cost.top))
-    plan = allocate(cost.stats, table, [latency_budget(limit, cost, cost.fixed_ms)])
+    plan = allocate(cost.stats, table, [latency_budget(limit, cost, cost.fixed_ms)])  # no float candidates
     allocation = plan.metadata["allocation"]
     allocation["budgets"][0]["limit"] = budget_ms
     for got in allocation["layers"].values():

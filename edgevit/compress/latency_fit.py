@@ -5,7 +5,8 @@ One-layer probes benched alone mispredict the unit they sit in (DINOv2-S on XNNP
 11 ms to W8A8's 157, the unit measured 190), and not in proportion to their own time — on the tiny ViT fc1 at 4 bits
 added 0.076 ms in the unit where its probe said −0.002 — so a per-width scale and offset cannot correct them.
 Whole-unit anchor plans, benched beside the probes, correct each probe key by the least change that reproduces them
-(`fit_costs`); the floor (`floor_reason`) keeps W8A8 wherever narrower widths buy no measured time.
+(`fit_costs`); the floor (`floor_reason`) keeps W8A8 wherever narrower widths buy no measured time, and wherever
+a plan that keeps layers float measures over its budget.
 """
 
 from __future__ import annotations
@@ -50,12 +51,21 @@ def fit_costs(isolated: Mapping[str, float], anchors: Sequence[Anchor]) -> tuple
     return {k: float(v) for k, v in zip(keys, fitted[1:], strict=True)}, float(fitted[0])
 
 
-def floor_reason(searched_ms: float | None, top_ms: float, budget_ms: float) -> str | None:
+def floor_reason(searched_ms: float | None, top_ms: float, budget_ms: float, floats: int = 0) -> str | None:
     """Why the highest-width plan (W8A8) is taken instead of the searched one, or None to keep the search's plan.
 
-    It is taken when it meets the budget itself (nothing narrower is needed, and it loses the least SQNR), or
-    when the searched plan (`searched_ms`, benched beside it) is not faster: narrower widths that buy no time only
-    lose SQNR."""
+    Without float layers it is taken when it meets the budget itself (nothing narrower is needed, and it loses the
+    least SQNR), or when the searched plan (`searched_ms`, benched beside it) is not faster: narrower widths that
+    buy no time only lose SQNR. A searched plan that keeps `floats` layers float is meant to be slower than W8A8
+    (it spends the budget's room on SQNR), so it is kept unless it measured over the budget while W8A8 is within
+    it or no slower."""
+    if floats:
+        if searched_ms is None or searched_ms <= budget_ms or top_ms > searched_ms > budget_ms:
+            return None
+        return (
+            f"the searched plan keeps {floats} layer(s) float and measured {searched_ms:.4g} ms, over the "
+            f"{budget_ms:.4g} ms budget, and the highest widths {top_ms:.4g} ms benched beside it"
+        )
     if top_ms <= budget_ms:
         return f"the highest widths measure {top_ms:.4g} ms, within the {budget_ms:.4g} ms budget: none narrower needed"
     if searched_ms is not None and searched_ms >= top_ms:

@@ -1,13 +1,17 @@
 """The latency search's cost model and floor on given timings: the anchor fit reproduces the whole-unit anchors
 the bare probes mispredict, and the floor takes the highest widths (W8A8) when they meet the budget or when the
-searched plan measures no faster. Pure arithmetic on stated numbers (no runtime here)."""
+searched plan measures no faster; with float as a width, the room a budget leaves above W8A8 keeps the most
+sensitive layers float. Arithmetic on stated numbers, but for one real ExecuTorch lowering of a plan that keeps a
+layer float."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
+from rich.console import Console
 
 from converters.unit import DeployUnit
 from edgevit.compress.bitsearch import TOP, MeasuredCost, search, settle
@@ -15,9 +19,11 @@ from edgevit.compress.latency_fit import Anchor, fit_costs, floor_reason
 from quant.errors import QuantError
 from quant.fake_quant import collect_stats
 from quant.metrics import layer_sensitivity
+from quant.mixed_precision import allocate, explain, latency_budget
 from tests.quant.tiny_vit import image_batches, make_tiny_vit
 
 FIXED = 0.1  # ms of the unit no bit choice changes, in the synthetic "device"
+FLOAT_MS = 0.1  # ms a layer left float adds in the unit, by default (8-bit: 0.04)
 
 
 def test_fit_reproduces_anchors_and_falls_back_to_the_probes() -> None:
@@ -65,6 +71,11 @@ def test_floor_reason() -> None:
     assert "within" in floor_reason(6.0, 5.0, 5.0)  # W8A8 meets the budget: taken whatever the search measured
     assert "no faster than the highest widths' 5 ms" in floor_reason(5.0, 5.0, 4.0)  # a tie goes to W8A8
     assert floor_reason(4.5, 5.0, 4.0) is None  # faster than W8A8 (if over budget): kept
+    # A plan keeping layers float spends the room W8A8 leaves: kept within its budget, even slower than W8A8 ...
+    assert floor_reason(None, 4.0, 5.0, floats=2) is None and floor_reason(4.8, 4.0, 5.0, floats=2) is None
+    # ... and W8A8 taken when it measured over the budget W8A8 meets (or over the budget and no faster).
+    assert "keeps 2 layer(s) float and measured 5.2 ms, over the 5 ms" in floor_reason(5.2, 4.0, 5.0, floats=2)
+    assert "over the" in floor_reason(6.0, 5.5, 5.0, floats=1) and floor_reason(5.2, 5.5, 5.0, floats=1) is None
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +89,23 @@ def tiny() -> tuple:
     return unit, stats, table
 
 
-def _cost(tiny: tuple, in_context: dict[str, float]) -> MeasuredCost:
+def _cost(tiny: tuple, in_context: dict[str, float], floats: bool = False) -> MeasuredCost:
     """A MeasuredCost on given timings: every isolated probe says 4-bit is half the 8-bit time (0.02 vs 0.04 ms
-    after a 0.01 ms idle call); in the unit a layer at w bits costs `in_context` (by the layer's last name part
-    and width, e.g. "fc1@4"), 0.04 ms by default, plus FIXED."""
+    after a 0.01 ms idle call), float the 8-bit time; in the unit a layer at w bits costs `in_context` (by the
+    layer's last name part and width, e.g. "fc1@4"), 0.04 ms by default, left float FLOAT_MS, plus FIXED."""
     unit, stats, table = tiny
+    weighted = [n for n, s in stats.layers.items() if s.kind != "matmul"]
 
     def timings(cost: MeasuredCost) -> dict[str, float]:
         ms = {key: 0.01 + (0.02 if json.loads(key)[3] == 4 else 0.04) for key in cost.probes}
         for name, plan in cost.plans.items():
             layers = [(n.rsplit(".", 1)[-1], lq.weight_bits) for n, lq in plan.layers.items() if lq.weight]
+            floated = [n.rsplit(".", 1)[-1] for n in weighted if n not in plan.layers]
             ms[name] = FIXED + sum(in_context.get(f"{n}@{w}", 0.04) for n, w in layers)
+            ms[name] += sum(in_context.get(f"{n}@float", FLOAT_MS) for n in floated)
         return {**ms, "idle": 0.01}
 
-    return MeasuredCost(unit, stats, table, "executorch", "local", timings=timings)
+    return MeasuredCost(unit, stats, table, "executorch", "local", timings=timings, floats=floats)
 
 
 def test_anchors_correct_the_probes_and_the_floor_takes_w8a8_when_4_bit_is_slower(tiny) -> None:
@@ -133,3 +147,54 @@ def test_floor_takes_w8a8_when_the_searched_plan_measures_slower(tiny) -> None:
     assert not lat["measured_within_budget"]
     assert all("floor" in got["why"] for got in taken.metadata["allocation"]["layers"].values())
     assert TOP in {a["plan"] for a in lat["anchors"]}
+
+
+def test_the_room_above_w8a8_keeps_the_most_sensitive_layer_float(tiny) -> None:
+    _, stats, table = tiny
+    cost = _cost(tiny, {f"{n}@4": 0.07 for n in ("proj", "qkv", "fc1", "fc2", "head")}, floats=True)
+    assert {"all W4", "all float", "head ×1 at float"} <= set(cost.plans)
+    for a in cost.record()["anchors"]:
+        assert a["fitted_ms"] == pytest.approx(a["measured_ms"])
+    weighted = [n for n, s in stats.layers.items() if s.kind != "matmul"]
+    worst = max(weighted, key=lambda n: table.noise(n, 8, 8))
+    # Room for one layer float (+0.06 ms over W8A8), not two: the one whose W8A8 noise is largest.
+    plan = search(cost, table, cost.top_ms + 0.07)
+    lat, allocation = plan.metadata["latency"], plan.metadata["allocation"]
+    assert lat["floor"] is None and lat["float_layers"] == allocation["float_layers"] == [worst]
+    assert worst not in plan.layers and set(plan.layers) == set(stats.layers) - {worst}
+    assert lat["predicted_ms"] == pytest.approx(cost.top_ms + FLOAT_MS - 0.04)
+    assert allocation["layers"][worst]["float"] and "stays float" in allocation["layers"][worst]["why"]
+    console = Console(file=io.StringIO(), width=400)
+    console.print(explain(table, plan))
+    assert f"stays float (left out of the plan): {worst}" in console.file.getvalue()
+    # Kept when it measures within the budget, slower than W8A8 as it is meant to be; over it, W8A8 is taken.
+    assert settle(plan, cost.top_ms + 0.065, cost, table, cost.top_ms) is plan
+    over = settle(search(cost, table, cost.top_ms + 0.07), cost.top_ms + 0.08, cost, table, cost.top_ms)
+    assert "over the" in over.metadata["latency"]["floor"] and set(over.layers) == set(stats.layers)
+    assert over.metadata["latency"]["searched_float_layers"] == [worst]
+    # Benched at twice the load of the anchors (W8A8 twice as slow beside it): the budget is judged at that load.
+    slow = settle(search(cost, table, cost.top_ms + 0.07), 2 * (cost.top_ms + 0.065), cost, table, 2 * cost.top_ms)
+    assert slow.metadata["latency"]["floor"] is None and slow.metadata["latency"]["load_drift"] == pytest.approx(2)
+    # No room above W8A8: W8A8, the floor saying why.
+    top = search(cost, table, cost.top_ms + 0.01)
+    assert "within" in top.metadata["latency"]["floor"] and set(top.layers) == set(stats.layers)
+
+
+def test_a_plan_keeping_a_layer_float_lowers_for_executorch_and_passes_its_parity_gate(tmp_path) -> None:
+    # Two Linears, not the tiny ViT: one ExecuTorch lowering of the ViT takes ~25 s here, this one ~5.
+    from converters.quantized import convert_quantized
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16)).eval()
+    calib = [torch.randn(4, 8, 16) for _ in range(4)]
+    calib[0][..., 3] *= 30  # an outlier channel: the first Linear is the sensitive one at 8 bits
+    stats = collect_stats(model, calib, progress=False)
+    table = layer_sensitivity(model, stats, calib[:1], weight_bits=(8,), progress=False)
+    worst = max(stats.layers, key=lambda n: table.noise(n, 8, 8))
+    # 1 ms a layer at 8 bits, 2 ms left float, a 3 ms budget: room for one float layer.
+    plan = allocate(stats, table, [latency_budget(3.0, lambda _lq: 1.0, 0.0, lambda _name: 2.0)])
+    assert plan.metadata["allocation"]["float_layers"] == [worst] and worst not in plan.layers
+    unit = DeployUnit("model", model, (calib[1][:1],), ("x",), ("y",))
+    artifact = convert_quantized(unit, "executorch", plan, tmp_path, parity_inputs=[(b[:1],) for b in calib[1:]])
+    assert artifact.path.exists() and artifact.parity is not None
+    assert artifact.facts["quant"]["parity_vs_fp32"]["y"]["sqnr_db"] > 30

@@ -9,7 +9,7 @@ from rich.console import Console
 from quant.errors import QuantError
 from quant.fake_quant import CalibrationStats, apply_plan, collect_stats
 from quant.metrics import SensitivityTable, layer_sensitivity, model_outputs, outputs_sqnr
-from quant.mixed_precision import explain, greedy_allocate
+from quant.mixed_precision import allocate, explain, greedy_allocate, latency_budget
 from tests.quant.tiny_vit import TinyViT, image_batches, make_tiny_vit
 
 
@@ -81,3 +81,19 @@ def test_explain_renders_every_layer(setup: tuple) -> None:
     text = out.getvalue()
     assert all(name in text for name in table.layers)
     assert "W4A8" in text and "A6" in text and "budget" in text
+
+
+def test_float_is_a_candidate_only_under_a_budget_that_prices_it(setup: tuple) -> None:
+    _, stats, table = setup
+    fp32_mb = 4 * sum(table.weight_numel.values()) / 1e6
+    by_bytes = greedy_allocate(stats, table, 10 * fp32_mb)  # room for every weight in fp32: still never float
+    assert set(by_bytes.layers) == set(stats.layers) and by_bytes.metadata["allocation"]["float_layers"] == []
+    assert all(not got["float"] for got in by_bytes.metadata["allocation"]["layers"].values())
+
+    def float_ms(name: str) -> float | None:
+        return None if stats.layers[name].kind == "matmul" else 1.0  # matmuls not measured float: not candidates
+
+    # Float as cheap as 8 bits under a latency budget: no noise for nothing, so every priced layer stays float.
+    by_ms = allocate(stats, table, [latency_budget(100.0, lambda _lq: 1.0, 0.0, float_ms)])
+    floated = [n for n, s in stats.layers.items() if s.kind != "matmul"]
+    assert by_ms.metadata["allocation"]["float_layers"] == floated and set(by_ms.layers).isdisjoint(floated)

@@ -8,10 +8,12 @@ plan's fake-quant model.
 
 - **Bytes proxy**: greedy mixed precision under a weight budget (`--fractions` of the W8A8 plan's bytes on the
   target, real per-target costs from `quant.cost`).
-- **Latency-driven**: `edgevit.compress.bitsearch` as `--budget-ms` runs it: per-layer probes corrected by
-  whole-unit anchor plans (highest widths, all lowest, each group of identical layers flipped), the greedy search
-  on those costs, and the floor (never slower than the highest widths, W8A8). Its budget is each bytes-proxy
-  plan's latency as the fitted costs predict it (the same cost model on both sides).
+- **Latency-driven**: `edgevit.compress.bitsearch` as `--budget-ms` runs it: per-layer probes (4 and 8 bits, and
+  float: the layer left out of the plan) corrected by whole-unit anchor plans (highest widths, all lowest, all
+  float, each group of identical layers flipped to 4 bits and to float), the greedy search on those costs, which
+  may spend the room under the budget on keeping the most sensitive layers float, and the floor (W8A8 when
+  narrower widths buy no time, or when a plan with float layers measures over its budget). Its budget is each
+  bytes-proxy plan's latency as the fitted costs predict it (the same cost model on both sides).
 - **Mixed vs W8A8**: greedy mixed precision at 60 % of the W8A8 plan's bytes on the target vs W8A8.
 
 W8A8 and every plan of the comparison are lowered and benched in one bundle, one after the other (the harness runs
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from edgevit.compress.bitsearch import MeasuredCost, bench_units, search, settle
+    from edgevit.compress.bitsearch import MeasuredCost, search, settle
+    from edgevit.compress.probes import bench_units
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
     from quant.cost import plan_bytes
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                 "searched_db": held_out_db(searched[f])
                 if record["floor"] and "searched_measured_ms" in record
                 else None,
+                "float_layers": record["float_layers"],
+                "searched_float_layers": record.get("searched_float_layers"),
             }
         )
     mixed = by_bytes(MIXED_FRACTION)
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         same = c["latency_ms"] <= c["proxy_ms"] * SAME_LATENCY
         gain = c["latency_db"] - c["proxy_db"]
         verdict = "met" if same and gain >= GOAL_LATENCY_DB else "missed"
-        floor = ""
+        floor = f"; {len(c['float_layers'])} layer(s) kept float" if c["float_layers"] else ""
         if c["floor"]:
             floor = f"; the floor took W8A8: {c['floor']}"
             if c["searched_db"] is not None:
@@ -173,12 +178,17 @@ def _named(unit: Any, name: str) -> Any:
 def _row(
     label: str, plan: Any, db: float, ms: float | None, cost: Any, budget_ms: float | None, target: str
 ) -> dict[str, Any]:
+    """One plan's figures; a layer the plan keeps float counts as "float" in its bits and 4 bytes a weight."""
     from quant.cost import plan_bytes
 
+    floated = cost.floated(plan)
+    bits = {**plan.summary()["weight_bits"], **({"float": len(floated)} if floated else {})}
+    float_bytes = sum(4 * cost.unit.module.get_submodule(n).weight.numel() for n in floated)
     return {
         "plan": label,
-        "weight_bits": plan.summary()["weight_bits"],
-        "weight_bytes": plan_bytes(plan, target),
+        "weight_bits": bits,
+        "float_layers": floated,
+        "weight_bytes": plan_bytes(plan, target) + float_bytes,
         "held_out_sqnr_db": db,
         "measured_ms": ms,
         "predicted_ms": cost.predict(plan),
@@ -201,9 +211,12 @@ def _table(rows: list[dict[str, Any]]) -> Any:
         "budget ms",
     ]
     table = Table("held-out output SQNR vs fp32, weight bytes on the target, latency measured and predicted", columns)
-    table.notes.append("predicted: the probe costs corrected by the anchors; bare probes: stop 17's model")
+    table.notes.append(
+        "predicted: the probe costs corrected by the anchors; bare probes: stop 17's model; float: layers left out "
+        "of the plan (fp32, 4 bytes a weight)"
+    )
     for r in rows:
-        bits = ", ".join(f"W{b}: {n}" for b, n in r["weight_bits"].items())
+        bits = ", ".join(f"{b if b == 'float' else f'W{b}'}: {n}" for b, n in r["weight_bits"].items())
         cells = [
             None if r[k] is None else f"{r[k]:.3g}"
             for k in ("measured_ms", "predicted_ms", "bare_probes_ms", "budget_ms")
