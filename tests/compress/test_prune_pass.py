@@ -92,10 +92,12 @@ def test_a_model_without_transformer_blocks_is_refused(tmp_path, monkeypatch, ca
 def test_a_latency_budget_is_measured_through_onnxruntime(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "fast"
-    args = ["--prune", "0.2", "--prune-by", "latency", "--target", "onnx"]
+    # 0.1, not 0.2: the tiny ViT can lose at most ~0.2 of its measured latency (each block keeps a head and some
+    # MLP channels), and on a loaded machine the measured ceiling fell to 0.197 (CI, stop 19)
+    args = ["--prune", "0.1", "--prune-by", "latency", "--target", "onnx"]
     code, _, err = run(monkeypatch, capsys, "convert", *TINY, *args, "--out", str(out), "--json")
     assert code == 0, err
     info = read_manifest(out)["passes"][0]["info"]["units"]["model"]
     before, after = info["latency_ms"]
-    assert info["by"] == "latency" and after <= 0.8 * before and info["params_after"] < info["params_before"]
+    assert info["by"] == "latency" and after <= 0.9 * before and info["params_after"] < info["params_before"]
     assert (tmp_path / "cache" / "edgevit" / "latency.json").is_file()  # timings kept for the next search
