@@ -183,13 +183,14 @@ def build_reference(
     return model.eval()
 
 
-def randomize_(module: torch.nn.Module, seed: int) -> None:
-    """Perturb what the official init leaves trivial: `pos_embed` is zero and norms are identity, which would
-    hide how they are handled."""
+def randomize_(module: torch.nn.Module, seed: int, redrawn: str = "pos_embed") -> None:
+    """Perturb what the official init leaves trivial, which would hide how it is handled: parameters named
+    `*redrawn` are drawn afresh (`pos_embed` starts at zero, a layer scale `gamma` at 1e-6), 1-D ones (norms,
+    identity at init) get noise."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.endswith("pos_embed"):
+            if name.endswith(redrawn):
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen))
             elif p.dim() == 1:
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))

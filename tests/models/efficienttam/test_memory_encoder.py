@@ -8,22 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from benchmarks.peers.efficienttam_official import official_config
+from benchmarks.peers.efficienttam_official import official_config, randomize_
 from edgevit.models.efficienttam.config import VARIANTS
 from edgevit.models.efficienttam.memory_encoder import MemoryEncoder
 
 CFG = dataclasses.replace(VARIANTS["ti"], image_size=256)
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """The official init sets layer scales to 1e-6 and norms to identity; perturb them so they matter."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-            elif p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def _assert_close(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -39,7 +28,7 @@ def pair() -> tuple[torch.nn.Module, MemoryEncoder]:
 
     torch.manual_seed(0)
     ref = instantiate(copy.deepcopy(official_config("ti", CFG.image_size)["memory_encoder"])).eval()
-    _randomize(ref, seed=1)
+    randomize_(ref, seed=1, redrawn="gamma")
     ours = MemoryEncoder(CFG).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours
