@@ -207,6 +207,8 @@ class QuantPlan:
             "compression_vs_fp32": (numel * 4 / planned) if planned else None,
             "methods": dict(Counter(layer.method for layer in self.layers.values())),
             "smoothed_layers": sum(layer.smoothing is not None for layer in self.layers.values()),
+            # layers an allocation kept float are not in `layers` (whatever the plan leaves out runs float)
+            "float_layers": len(self.metadata.get("allocation", {}).get("float_layers", [])),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -164,6 +164,7 @@ def test_the_room_above_w8a8_keeps_the_most_sensitive_layer_float(tiny) -> None:
     assert worst not in plan.layers and set(plan.layers) == set(stats.layers) - {worst}
     assert lat["predicted_ms"] == pytest.approx(cost.top_ms + FLOAT_MS - 0.04)
     assert allocation["layers"][worst]["float"] and "stays float" in allocation["layers"][worst]["why"]
+    assert plan.summary()["float_layers"] == 1  # the manifest's digest counts what the plan leaves out
     console = Console(file=io.StringIO(), width=400)
     console.print(explain(table, plan))
     assert f"stays float (left out of the plan): {worst}" in console.file.getvalue()
