@@ -365,6 +365,36 @@ def settle(
     return plan
 
 
+def retighten(plan: QuantPlan, measured_ms: float, cost: MeasuredCost, table: SensitivityTable, top_ms: float):
+    """A plan that keeps layers float and measured over its budget (at this bench's load, as `settle` judges it),
+    searched once more under the budget shrunk by the measured overshoot; None when there is nothing to retry.
+    Bench the result beside the highest widths again, then `settle` it against the budget first asked.
+
+    Why: the fitted costs under-predict float layers by a few percent (DINOv2-S, stop 19: each float group
+    4–5 ms under its anchor, because the all-float anchor disagrees with the group flips), so a plan predicted at
+    its budget measured 2.4 % over and the floor threw away +3.8 dB; one measured correction is cheaper than a
+    better model of the unit."""
+    lat = plan.metadata["latency"]
+    budget_here = lat["budget_ms"] * top_ms / cost.top_ms
+    if lat["floor"] or not lat["float_layers"] or measured_ms <= budget_here:
+        return None
+    tightened = lat["budget_ms"] * budget_here / measured_ms
+    retry = search(cost, table, tightened)
+    if retry.metadata["latency"]["floor"]:
+        return None
+    retry.metadata["latency"].update(
+        {
+            "budget_ms": lat["budget_ms"],
+            "retightened": {
+                "first_measured_ms": measured_ms,
+                "first_float_layers": lat["float_layers"],
+                "searched_under_ms": tightened,
+            },
+        }
+    )
+    return retry
+
+
 def _highest(cost: MeasuredCost, table: SensitivityTable, budget_ms: float, reason: str) -> QuantPlan:
     """The highest-width plan as the allocation writes it (so `--explain` and the report read it as any plan),
     each layer's "why" the floor's reason, the budget the one asked for."""
@@ -398,4 +428,8 @@ def latency_plan(
         return settle(plan, cost.top_ms, cost, table, cost.top_ms)  # the highest widths, measured as an anchor
     both = [(dataclasses.replace(unit, name="searched"), plan), (dataclasses.replace(unit, name="top"), cost.top)]
     ms = bench_units(both, target, device)
+    retry = retighten(plan, ms["searched"], cost, table, ms["top"])
+    if retry is not None:
+        plan = retry
+        ms = bench_units([(both[0][0], plan), both[1]], target, device)
     return settle(plan, ms["searched"], cost, table, ms["top"])

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 from converters.unit import DeployUnit
-from edgevit.compress.bitsearch import TOP, MeasuredCost, search, settle
+from edgevit.compress.bitsearch import TOP, MeasuredCost, retighten, search, settle
 from edgevit.compress.latency_fit import Anchor, fit_costs, floor_reason
 from quant.errors import QuantError
 from quant.fake_quant import collect_stats
@@ -179,6 +179,26 @@ def test_the_room_above_w8a8_keeps_the_most_sensitive_layer_float(tiny) -> None:
     # No room above W8A8: W8A8, the floor saying why.
     top = search(cost, table, cost.top_ms + 0.01)
     assert "within" in top.metadata["latency"]["floor"] and set(top.layers) == set(stats.layers)
+
+
+def test_a_float_plan_measured_over_budget_is_searched_again_under_the_overshoot(tiny) -> None:
+    _, stats, table = tiny
+    cost = _cost(tiny, {f"{n}@4": 0.07 for n in ("proj", "qkv", "fc1", "fc2", "head")}, floats=True)
+    budget = cost.top_ms + 0.13  # room for two float layers (+0.06 each over W8A8)
+    first = search(cost, table, budget)
+    assert len(first.metadata["latency"]["float_layers"]) == 2
+    assert retighten(first, budget, cost, table, cost.top_ms) is None  # within its budget: nothing to retry
+    # Measured 0.02 ms over (the fitted costs under-predicted): searched under the budget shrunk by that overshoot,
+    # which holds one float layer (the most sensitive), and judged against the budget first asked.
+    retry = retighten(first, budget + 0.02, cost, table, cost.top_ms)
+    worst = max((n for n, s in stats.layers.items() if s.kind != "matmul"), key=lambda n: table.noise(n, 8, 8))
+    assert retry is not None and retry.metadata["latency"]["float_layers"] == [worst]
+    again = retry.metadata["latency"]["retightened"]
+    assert retry.metadata["latency"]["budget_ms"] == budget and again["searched_under_ms"] < budget
+    assert again["first_float_layers"] == first.metadata["latency"]["float_layers"]
+    assert settle(retry, cost.top_ms + 0.06, cost, table, cost.top_ms).metadata["latency"]["floor"] is None
+    # Benched at twice the anchors' load (W8A8 twice as slow beside it), twice the budget is within it.
+    assert retighten(first, 2 * budget, cost, table, 2 * cost.top_ms) is None
 
 
 def test_a_plan_keeping_a_layer_float_lowers_for_executorch_and_passes_its_parity_gate(tmp_path) -> None:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from edgevit.compress.bitsearch import MeasuredCost, search, settle
+    from edgevit.compress.bitsearch import MeasuredCost, retighten, search, settle
     from edgevit.compress.probes import bench_units
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
@@ -86,6 +86,18 @@ def main(argv: list[str] | None = None) -> None:
             bench.append((_named(unit, f"latency{round(f * 100)}"), searched[f]))
     print(f"benching W8A8 and {len(bench) - 1} plan(s) in one bundle")
     ms = bench_units(bench, args.target, args.device)
+    # A float plan measured over its budget is searched once more under the budget shrunk by the overshoot; then
+    # the whole bundle is benched again, so every compared plan is measured in one bench.
+    named = {f"latency{round(f * 100)}": f for f in fractions}
+    retries = {
+        named[u.name]: retighten(plan, ms[u.name], cost, table, ms["top"]) for u, plan in bench if u.name in named
+    }
+    retried = {f: plan for f, plan in retries.items() if plan is not None}
+    if retried:
+        searched.update(retried)
+        bench = [(u, searched[named[u.name]] if u.name in named else plan) for u, plan in bench]
+        print(f"{len(retried)} float plan(s) over budget searched again: benching the bundle once more")
+        ms = bench_units(bench, args.target, args.device)
     top_ms = ms["top"]
     chosen = {
         f: settle(searched[f], ms.get(f"latency{round(f * 100)}", top_ms), cost, table, top_ms) for f in fractions
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                 else None,
                 "float_layers": record["float_layers"],
                 "searched_float_layers": record.get("searched_float_layers"),
+                "retightened": record.get("retightened"),
             }
         )
     mixed = by_bytes(MIXED_FRACTION)
@@ -129,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         gain = c["latency_db"] - c["proxy_db"]
         verdict = "met" if same and gain >= GOAL_LATENCY_DB else "missed"
         floor = f"; {len(c['float_layers'])} layer(s) kept float" if c["float_layers"] else ""
+        if c["retightened"]:
+            again = c["retightened"]
+            floor += (
+                f" (searched again under {again['searched_under_ms']:.4g} ms after the first plan, "
+                f"{len(again['first_float_layers'])} float, measured {again['first_measured_ms']:.4g} ms)"
+            )
         if c["floor"]:
             floor = f"; the floor took W8A8: {c['floor']}"
             if c["searched_db"] is not None:
