@@ -14,8 +14,9 @@ import torch
 from rich.console import Console
 
 from converters.unit import DeployUnit
-from edgevit.compress.bitsearch import TOP, MeasuredCost, retighten, search, settle
+from edgevit.compress.bitsearch import TOP, MeasuredCost
 from edgevit.compress.latency_fit import Anchor, fit_costs, floor_reason
+from edgevit.compress.latency_search import retighten, search, settle
 from quant.errors import QuantError
 from quant.fake_quant import collect_stats
 from quant.metrics import layer_sensitivity

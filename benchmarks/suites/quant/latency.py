@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
 
     from benchmarks.machine import describe_machine, load_average
-    from edgevit.compress.bitsearch import MeasuredCost, retighten, search, settle
+    from edgevit.compress.bitsearch import MeasuredCost
+    from edgevit.compress.latency_search import retighten, search, settle
     from edgevit.compress.probes import bench_units
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes

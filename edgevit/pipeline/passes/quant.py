@@ -9,10 +9,10 @@ sensitivity table says it matters, over the weight widths every chosen target ho
 each target really stores for a layer (`quant.cost`: integers, scales, zero points, palettes; the largest over the
 targets, since one plan feeds them all), and is read back from every written artifact (the manifest's
 `facts.quant.weight_bytes_written`); `budget_ms` with `device` counts milliseconds measured per layer and width on
-that device's runtime (`edgevit.compress.bitsearch`), and the final artifact is benched against it. 4-bit weights
-are planned on group-wise MSE grids (`four_bit_grid`); uniform 8-bit plans first scale the LayerNorm-fed
-Linears' inputs (AWQ, `quant_recipe.scale_for_8bit`), which narrows the per-tensor 8-bit input grids that a few
-LayerNorm outlier channels set.
+that device's runtime (`edgevit.compress.bitsearch`, searched by `edgevit.compress.latency_search`), and the final
+artifact is benched against it. 4-bit weights are planned on group-wise MSE grids (`four_bit_grid`); uniform
+8-bit plans first scale the LayerNorm-fed Linears' inputs (AWQ, `quant_recipe.scale_for_8bit`), which narrows the
+per-tensor 8-bit input grids that a few LayerNorm outlier channels set.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def _mixed(unit: DeployUnit, prepared: recipe.Prepared, config: QuantConfig, cal
     grid = four_bit_grid(prepared, data.targets)  # no AWQ here: it did not pay for mixed plans (see four_bit_grid)
     table = recipe.sensitivity(prepared, calib, weight_candidates(config, data.targets), data.bars)
     if config.budget_ms is not None:
-        from edgevit.compress.bitsearch import latency_plan
+        from edgevit.compress.latency_search import latency_plan
 
         assert config.device is not None  # check made the device required
         (target,) = data.targets
