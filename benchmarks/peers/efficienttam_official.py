@@ -9,9 +9,10 @@ build it here; it never enters the edgevit package.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -19,8 +20,6 @@ import numpy as np
 import sam2  # noqa: F401  (pip install --no-deps efficient-track-anything==1.0 hydra-core iopath)
 import torch
 from PIL import Image
-
-from edgevit.video.tracker import Prompt
 
 # efficienttam_{ti,s}[_512x512].yaml differ only in these three numbers.
 TRUNK = {"ti": (192, 3), "s": (384, 6)}
@@ -212,7 +211,17 @@ class OfficialTrack:
     object_scores: list[float]  # the mask decoder's object-score logit per frame (> 0: object present)
 
 
-def official_track(ref: torch.nn.Module, folder: Path, prompt: Prompt) -> OfficialTrack:
+class FirstFramePrompt(Protocol):
+    """What the official predictor is prompted with (`edgevit.video.tracker.Prompt` has these fields; a peer
+    does not import edgevit)."""
+
+    points: Sequence[tuple[float, float]]
+    labels: Sequence[int]
+    box: tuple[float, float, float, float] | None
+    mask: np.ndarray | None
+
+
+def official_track(ref: torch.nn.Module, folder: Path, prompt: FirstFramePrompt) -> OfficialTrack:
     """Track one object through the N.jpg frames in `folder` with the official predictor, prompted on frame 0."""
     scores: list[float] = []
     hook = ref.sam_mask_decoder.register_forward_hook(lambda m, i, out: scores.append(float(out[3].reshape(-1)[0])))
