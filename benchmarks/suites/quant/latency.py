@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmarks.machine import describe_machine, load_average
     from edgevit.compress.bitsearch import MeasuredCost
-    from edgevit.compress.latency_search import retighten, search, settle
-    from edgevit.compress.probes import bench_units
+    from edgevit.compress.latency_search import TOP_UNIT, bench_with_retry, search, settle
     from edgevit.pipeline.passes import quant_recipe as recipe
     from edgevit.pipeline.passes.quant import four_bit_grid, target_bytes
     from quant.cost import plan_bytes
@@ -80,26 +79,18 @@ def main(argv: list[str] | None = None) -> None:
     searched = {f: search(cost, table, cost.predict(proxies[f])) for f in fractions}
     # One bundle: the highest widths (the floor's reference), each proxy plan and each searched plan the floor
     # did not already settle (a budget W8A8 meets needs no other artifact).
-    bench = [(_named(unit, "top"), cost.top)]
+    bench = [(_named(unit, TOP_UNIT), cost.top)]
+    named: dict[str, float] = {}  # the searched plans' unit names
     for f in fractions:
         bench.append((_named(unit, f"bytes{round(f * 100)}"), proxies[f]))
         if not searched[f].metadata["latency"]["floor"]:
+            named[f"latency{round(f * 100)}"] = f
             bench.append((_named(unit, f"latency{round(f * 100)}"), searched[f]))
     print(f"benching W8A8 and {len(bench) - 1} plan(s) in one bundle")
-    ms = bench_units(bench, args.target, args.device)
-    # A float plan measured over its budget is searched once more under the budget shrunk by the overshoot; then
-    # the whole bundle is benched again, so every compared plan is measured in one bench.
-    named = {f"latency{round(f * 100)}": f for f in fractions}
-    retries = {
-        named[u.name]: retighten(plan, ms[u.name], cost, table, ms["top"]) for u, plan in bench if u.name in named
-    }
-    retried = {f: plan for f, plan in retries.items() if plan is not None}
-    if retried:
-        searched.update(retried)
-        bench = [(u, searched[named[u.name]] if u.name in named else plan) for u, plan in bench]
-        print(f"{len(retried)} float plan(s) over budget searched again: benching the bundle once more")
-        ms = bench_units(bench, args.target, args.device)
-    top_ms = ms["top"]
+    in_bundle = {n: searched[f] for n, f in named.items()}
+    ms, benched = bench_with_retry(bench, in_bundle, cost, table, args.target, args.device)
+    searched.update({named[n]: plan for n, plan in benched.items()})
+    top_ms = ms[TOP_UNIT]
     chosen = {
         f: settle(searched[f], ms.get(f"latency{round(f * 100)}", top_ms), cost, table, top_ms) for f in fractions
     }
