@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from quant.errors import QuantError
 from quant.groupwise import ScaleMethod, fake_quantize_weight, groupwise_qparams
 from quant.layer_ops import layer_forward, layer_inputs, layer_kind, quantizes_output
-from quant.observers import Observer, ObserverFactory, fake_quantize, make_observer, quant_range
+from quant.observers import Observer, ObserverFactory, activation_range, fake_quantize, make_observer, quant_range
 from quant.plan import LayerKind, LayerQuant, QuantPlan, TensorQParams
 
 Batch = Tensor | Sequence[Tensor]
@@ -66,9 +66,9 @@ def materialize_batches(batches: Iterable[Batch], min_batches: int, purpose: str
     return seen
 
 
-def _qparams(observer: Observer, bits: int) -> TensorQParams:
+def _qparams(observer: Observer, bits: int, activation: bool = False) -> TensorQParams:
     scale, zero_point = observer.qparams(bits)
-    qmin, qmax = quant_range(bits, observer.symmetric)
+    qmin, qmax = activation_range(bits) if activation else quant_range(bits, observer.symmetric)
     return TensorQParams(
         bits=bits,
         symmetric=observer.symmetric,
@@ -129,9 +129,9 @@ class LayerStats:
             kind=self.kind,
             method=method,
             weight=weight,
-            inputs=[_qparams(obs, act_bits) for obs in self.inputs],
+            inputs=[_qparams(obs, act_bits, activation=True) for obs in self.inputs],
             weight_shape=self.weight_shape if weight is not None else [],
-            output=_qparams(self.output, act_bits) if self.output is not None else None,
+            output=_qparams(self.output, act_bits, activation=True) if self.output is not None else None,
         )
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from quant.errors import QuantError
 from quant.layer_ops import layer_forward
-from quant.observers import MIN_SCALE, fake_quantize, qparams_from_range, quant_range
+from quant.observers import MIN_SCALE, activation_range, fake_quantize, qparams_from_range, quant_range
 from quant.output_hessian import LayerData
 from quant.plan import Granularity, LayerKind, TensorQParams
 
@@ -81,11 +81,11 @@ class TensorQuantizer:
     ch_axis: int | None
     label: str
     clamped: bool = False
-    restricted: bool = True  # a symmetric grid's [-(2^(b-1) - 1), 2^(b-1) - 1]; activations take the full range
+    activation: bool = False  # an activation grid takes the full range even when symmetric (`activation_range`)
 
     @property
     def range(self) -> tuple[int, int]:
-        return quant_range(self.bits, self.symmetric and self.restricted)
+        return activation_range(self.bits) if self.activation else quant_range(self.bits, self.symmetric)
 
     def __call__(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.scale, self.zero_point, *self.range, ch_axis=self.ch_axis)
@@ -213,14 +213,11 @@ class LayerSearcher:
                     )
                 yield family
         if "symmetric" in self.config.act_schemes:
-            # Full signed range, zero point 0: what a runtime's int8 activation holds (onnxruntime's QuantizeLinear
-            # saturates at the type's ends, so a restricted activation grid would clip at +127 in the plan and at
-            # +128 in the artifact: every clipped value one level apart).
             amax = torch.maximum(lo.abs(), hi.abs())
             family = []
             for a in self.grid:
                 scale, zp = qparams_from_range(-amax * a, amax * a, bits, symmetric=True)
-                family.append(TensorQuantizer(bits, True, granularity, scale, zp, ch_axis, "hessian", restricted=False))
+                family.append(TensorQuantizer(bits, True, granularity, scale, zp, ch_axis, "hessian", activation=True))
             yield family
 
     def search_act(

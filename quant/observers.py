@@ -5,6 +5,9 @@ translation per backend):
 - symmetric: signed, *restricted* range [-(2^(b-1)-1), 2^(b-1)-1], zero_point 0 (weights);
 - asymmetric: signed, full range [-2^(b-1), 2^(b-1)-1] (activations). A backend that wants unsigned
   storage adds 2^(b-1) to every zero-point; nothing else changes.
+- an activation grid takes the full range even when symmetric (`activation_range`): runtimes saturate a
+  quantized activation at the type's ends (onnxruntime's QuantizeLinear at +127/−128, not ±127), so a restricted
+  grid would clip one level apart from the artifact.
 - the observed range is always widened to include 0, so zero (padding, ReLU/GELU floors, masked
   attention) is exactly representable and the zero-point always lands inside [qmin, qmax].
 
@@ -34,6 +37,11 @@ def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
         raise QuantError(f"bit-width {bits} is not supported: use 2 to 16 bits")
     half = 2 ** (bits - 1)
     return (-(half - 1), half - 1) if symmetric else (-half, half - 1)
+
+
+def activation_range(bits: int) -> tuple[int, int]:
+    """Integer range of an activation grid, symmetric or not: the type's full range (see module doc)."""
+    return quant_range(bits, symmetric=False)
 
 
 def qparams_from_range(min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:

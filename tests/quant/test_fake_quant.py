@@ -27,6 +27,17 @@ def test_quantizable_layers_expose_explicit_matmuls_only(model: TinyViT) -> None
     assert "blocks.0.norm1" not in kinds  # LayerNorm stays float
 
 
+def test_symmetric_activation_grids_take_the_full_range_weights_stay_restricted(
+    model: TinyViT, calib: list[torch.Tensor]
+) -> None:
+    """Runtimes saturate an int8 activation at -128/127: a ±127 activation grid would clip one level apart."""
+    plan = collect_stats(model, calib, act_symmetric=True, progress=False).plan(8, 8)
+    qkv = plan.layers["blocks.0.attn.qkv"]
+    assert qkv.inputs[0].symmetric and (qkv.inputs[0].quant_min, qkv.inputs[0].quant_max) == (-128, 127)
+    assert qkv.inputs[0].zero_point == [0]
+    assert qkv.weight is not None and (qkv.weight.quant_min, qkv.weight.quant_max) == (-127, 127)
+
+
 def test_calibrate_fills_default_granularities(model: TinyViT, calib: list[torch.Tensor]) -> None:
     plan = calibrate(model, calib, progress=False)
     qkv = plan["blocks.0.attn.qkv"]
