@@ -183,7 +183,10 @@ class LayerSearcher:
         return 1 if self.d.kind == "conv2d" else x.dim() - 1
 
     def act_minmax(self, index: int) -> TensorQuantizer:
-        x = self.d.inputs[index]
+        return self.minmax_of(self.d.inputs[index])
+
+    def minmax_of(self, x: Tensor) -> TensorQuantizer:
+        """The per-tensor min-max activation grid of `x` (an input, or a conv's output)."""
         scale, zp = qparams_from_range(x.min().reshape(1), x.max().reshape(1), self.act_bits, symmetric=False)
         return TensorQuantizer(self.act_bits, False, "per_tensor", scale, zp, None, "minmax")
 

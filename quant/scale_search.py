@@ -48,7 +48,6 @@ from torch import nn
 from quant.fake_quant import Batch, accumulator_bias, materialize_batches, quantizable_layers
 from quant.layer_ops import layer_forward, quantizes_output
 from quant.layer_search import LayerSearcher, SearchConfig, TensorQuantizer
-from quant.observers import qparams_from_range
 from quant.output_hessian import LayerData, collect_layer_data, execution_groups
 from quant.plan import Granularity, LayerKind, LayerQuant, QuantPlan
 
@@ -120,9 +119,7 @@ def _search_output(
     out = layer_forward(
         d.module, d.kind, [q(t) for q, t in zip(aqs, d.inputs, strict=True)], searcher.quant_weight(wq), bias
     )
-    bits = searcher.act_bits
-    scale, zp = qparams_from_range(d.output.min().reshape(1), d.output.max().reshape(1), bits, symmetric=False)
-    best = TensorQuantizer(bits, False, "per_tensor", scale, zp, None, "minmax")
+    best = searcher.minmax_of(d.output)
     best_loss = float(searcher.loss(best(out)))
     for family in searcher.act_candidates(d.output, "per_tensor"):
         for q in family:
